@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Quick start, command 2: set up (or refresh) the project's virtualenv and run the whole test suite.
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -k ring -x`).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bash "$ROOT/scripts/setup_env.sh"
+VENV=${VENV:-$ROOT/.venv}
+cd "$ROOT"
+# pytest exits 5 when it collected no test: that is a failure here, as is any other non-zero code.
+exec "$VENV/bin/python" -m pytest tests "$@"
