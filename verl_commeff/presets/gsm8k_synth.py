@@ -1,0 +1,66 @@
+"""GSM8K-format arithmetic word problems, written in verl's GSM8K parquet layout.
+
+The layout is the one verl's ``examples/data_preprocess/gsm8k.py`` writes, so the same
+trainer config reads either this file or the real GSM8K parquet::
+
+    data_source  "openai/gsm8k"            (selects verl.utils.reward_score.gsm8k)
+    prompt       [{"role": "user", "content": question + INSTRUCTION}]
+    ability      "math"
+    reward_model {"style": "rule", "ground_truth": "<integer answer>"}
+    extra_info   {"split", "index", "answer" (worked solution ending "#### n"), "question"}
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+__all__ = ["INSTRUCTION", "make_problem", "write_gsm8k_parquet"]
+
+# verl's GSM8K preprocessing appends exactly this instruction to every question.
+INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
+
+_NAMES = ["Ann", "Ben", "Cal", "Dee", "Eve", "Fay", "Gus", "Hal"]
+_ITEMS = ["apples", "pens", "books", "coins", "cards", "eggs"]
+
+
+def make_problem(rng: random.Random) -> tuple[str, str, int]:
+    """One word problem: (question, worked solution ending in ``#### n``, answer n)."""
+    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    a, b = rng.randint(1, 9), rng.randint(1, 9)
+    if rng.random() < 0.5:
+        question = f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have?"
+        answer = a + b
+        solution = f"{name} has {a} + {b} = {answer} {item}.\n#### {answer}"
+    else:
+        a, b = max(a, b), min(a, b)
+        question = f"{name} has {a} {item} and gives away {b}. How many {item} are left?"
+        answer = a - b
+        solution = f"{name} has {a} - {b} = {answer} {item} left.\n#### {answer}"
+    return question, solution, answer
+
+
+def _row(split: str, index: int, question: str, solution: str, answer: int) -> dict:
+    return {
+        "data_source": "openai/gsm8k",
+        "prompt": [{"role": "user", "content": f"{question} {INSTRUCTION}"}],
+        "ability": "math",
+        "reward_model": {"style": "rule", "ground_truth": str(answer)},
+        "extra_info": {"split": split, "index": index, "answer": solution, "question": question},
+    }
+
+
+def write_gsm8k_parquet(out_dir: str, n_train: int = 256, n_test: int = 64, seed: int = 0) -> dict[str, str]:
+    """Write ``train.parquet`` and ``test.parquet`` under ``out_dir``; returns their paths."""
+    import datasets
+
+    if n_train < 1 or n_test < 1:
+        raise ValueError(f"n_train={n_train}, n_test={n_test}: both must be >= 1")
+    rng = random.Random(seed)
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        rows = [_row(split, i, *make_problem(rng)) for i in range(n)]
+        paths[split] = os.path.join(out_dir, f"{split}.parquet")
+        datasets.Dataset.from_list(rows).to_parquet(paths[split])
+    return paths
