@@ -1,13 +1,7 @@
 """GSM8K-format arithmetic word problems, written in verl's GSM8K parquet layout.
 
-The layout is the one verl's ``examples/data_preprocess/gsm8k.py`` writes, so the same
-trainer config reads either this file or the real GSM8K parquet::
-
-    data_source  "openai/gsm8k"            (selects verl.utils.reward_score.gsm8k)
-    prompt       [{"role": "user", "content": question + INSTRUCTION}]
-    ability      "math"
-    reward_model {"style": "rule", "ground_truth": "<integer answer>"}
-    extra_info   {"split", "index", "answer" (worked solution ending "#### n"), "question"}
+Same columns as the real preprocessing (:mod:`verl_commeff.data.gsm8k`), so the same
+trainer config reads either, and verl's GSM8K reward scores both.
 """
 
 from __future__ import annotations
@@ -15,10 +9,9 @@ from __future__ import annotations
 import os
 import random
 
-__all__ = ["INSTRUCTION", "make_problem", "write_gsm8k_parquet"]
+from verl_commeff.data.gsm8k import INSTRUCTION, gsm8k_row
 
-# verl's GSM8K preprocessing appends exactly this instruction to every question.
-INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
+__all__ = ["INSTRUCTION", "make_problem", "write_gsm8k_parquet"]
 
 _NAMES = ["Ann", "Ben", "Cal", "Dee", "Eve", "Fay", "Gus", "Hal"]
 _ITEMS = ["apples", "pens", "books", "coins", "cards", "eggs"]
@@ -40,16 +33,6 @@ def make_problem(rng: random.Random) -> tuple[str, str, int]:
     return question, solution, answer
 
 
-def _row(split: str, index: int, question: str, solution: str, answer: int) -> dict:
-    return {
-        "data_source": "openai/gsm8k",
-        "prompt": [{"role": "user", "content": f"{question} {INSTRUCTION}"}],
-        "ability": "math",
-        "reward_model": {"style": "rule", "ground_truth": str(answer)},
-        "extra_info": {"split": split, "index": index, "answer": solution, "question": question},
-    }
-
-
 def write_gsm8k_parquet(out_dir: str, n_train: int = 256, n_test: int = 64, seed: int = 0) -> dict[str, str]:
     """Write ``train.parquet`` and ``test.parquet`` under ``out_dir``; returns their paths."""
     import datasets
@@ -60,7 +43,7 @@ def write_gsm8k_parquet(out_dir: str, n_train: int = 256, n_test: int = 64, seed
     os.makedirs(out_dir, exist_ok=True)
     paths = {}
     for split, n in (("train", n_train), ("test", n_test)):
-        rows = [_row(split, i, *make_problem(rng)) for i in range(n)]
+        rows = [gsm8k_row(split, i, *make_problem(rng)[:2]) for i in range(n)]
         paths[split] = os.path.join(out_dir, f"{split}.parquet")
         datasets.Dataset.from_list(rows).to_parquet(paths[split])
     return paths

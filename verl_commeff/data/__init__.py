@@ -1,0 +1,1 @@
+"""Data preparation in verl's layouts."""
