@@ -16,7 +16,12 @@ setup(
         "uvicorn",
         # the default v1 trainer imports transfer_queue (also only in `verl-core`).
         "TransferQueue",
+        # verl/workers/rollout/router.py imports it (the v1 trainer needs it), but verl declares it nowhere.
+        "cachetools",
+        # `verl-commeff report`
         "matplotlib",
+        "pandas",
+        "tensorboard",
         "tqdm",
     ],
     extras_require={"test": ["pytest", "pytest-timeout"]},

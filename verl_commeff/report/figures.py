@@ -1,0 +1,186 @@
+"""The seed's figures, drawn from any set of arms (matplotlib, Agg backend, PNG).
+
+* :func:`plot_val_accuracy` — Figure 1: validation accuracy vs step, noise band, floor.
+* :func:`plot_collapse_mechanism` — Figure 2: length / entropy / clip fraction with anchor
+  fires and Q refreshes marked.
+* :func:`plot_q_telemetry` — Figure 4: reconstruction error per boundary next to clip
+  fraction and response length.
+
+The functions assume their metrics are present; :mod:`verl_commeff.report.builder`
+checks that first and names what is missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.transforms import blended_transform_factory  # noqa: E402
+
+from verl_commeff.report import names  # noqa: E402
+
+__all__ = ["arm_colors", "counter_increase_steps", "plot_collapse_mechanism", "plot_q_telemetry", "plot_val_accuracy", "recon_err_columns"]
+
+FIRE_TICK = (0.0, 0.07)  # anchor fires: ticks along the bottom edge (axes fraction)
+Q_TICK = (0.93, 1.0)  # Q refreshes: ticks along the top edge
+DPI = 120
+
+
+def arm_colors(arms: list[str]) -> dict[str, str]:
+    """One fixed colour per arm (matplotlib's tab10 cycle), shared by every figure."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {arm: cycle[i % len(cycle)] for i, arm in enumerate(arms)}
+
+
+def counter_increase_steps(table: pd.DataFrame, key: str) -> list[int]:
+    """Steps at which a cumulative counter increased (the first logged value counts from 0).
+
+    Returns an empty list when the run does not log the counter (e.g. a plugin-off control).
+    """
+    if key not in table.columns:
+        return []
+    counter = table[key].dropna()
+    increments = counter.diff().fillna(counter)
+    return [int(step) for step in counter.index[increments > 0]]
+
+
+def recon_err_columns(table: pd.DataFrame) -> list[str]:
+    """The run's ``commeff/codec/recon_err/layer_<l>`` columns, ordered by layer."""
+    columns = [c for c in table.columns if c.startswith(names.RECON_ERR_PREFIX)]
+    return sorted(columns, key=lambda c: int(c[len(names.RECON_ERR_PREFIX) :]) if c[len(names.RECON_ERR_PREFIX) :].isdigit() else 1 << 30)
+
+
+def mark_events(ax, steps: list[int], color: str, extent: tuple[float, float]) -> None:
+    """Short vertical ticks at ``steps`` spanning ``extent`` of the axes height."""
+    if steps:
+        transform = blended_transform_factory(ax.transData, ax.transAxes)
+        ax.vlines(steps, *extent, transform=transform, colors=color, linewidth=1.2, alpha=0.9)
+
+
+def event_legend_handles() -> list[Line2D]:
+    """Legend entries explaining the tick marks."""
+    return [
+        Line2D([], [], color="0.3", marker="|", linestyle="none", markersize=10, label="anchor fire (bottom ticks)"),
+        Line2D([], [], color="0.3", marker="|", linestyle="none", markersize=10, label="Q refresh (top ticks)"),
+    ]
+
+
+def save(fig, path: Path) -> Path:
+    """Write a figure as PNG and release it."""
+    fig.savefig(path, dpi=DPI, format="png")
+    plt.close(fig)
+    return path
+
+
+def plot_val_accuracy(
+    validation: dict[str, pd.Series], colors: dict[str, str], floor: float, noise: float, path: Path
+) -> Path:
+    """Figure 1: validation accuracy vs step per arm, ±noise band, no-merger floor line.
+
+    Args:
+        validation: arm → validation values indexed by step.
+        colors: arm → colour.
+        floor: the no-merger floor (horizontal dashed line).
+        noise: half-width of the shaded rollout-noise band around each curve.
+        path: the PNG to write.
+    """
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for arm, series in validation.items():
+        steps, values = series.index.to_numpy(), series.to_numpy()
+        ax.fill_between(steps, values - noise, values + noise, color=colors[arm], alpha=0.15, linewidth=0)
+        ax.plot(steps, values, marker="o", color=colors[arm], label=arm)
+        ax.annotate(f"{values[-1]:.3f}", (steps[-1], values[-1]), textcoords="offset points", xytext=(6, 0),
+                    va="center", fontsize=8, color=colors[arm])
+    ax.axhline(floor, color="0.35", linestyle="--", linewidth=1, label=f"no-merger floor {floor:.4f}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"Validation accuracy vs step (shaded: ±{noise:g} rollout noise)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_collapse_mechanism(
+    runs: dict[str, pd.DataFrame], colors: dict[str, str], spirals: dict[str, Optional[int]], path: Path
+) -> Path:
+    """Figure 2: response length, entropy and clip fraction vs step, events marked.
+
+    Anchor fires (increases of ``commeff/anchor/fires``) are ticks on the bottom edge of
+    every panel, Q refreshes (increases of ``commeff/codec/q_updates``) ticks on the top
+    edge, in the arm's colour; a detected spiral ignition is a dotted vertical line.
+    """
+    panels = [(names.RESPONSE_LENGTH, "response length (mean tokens)"), (names.ENTROPY, "policy entropy"),
+              (names.CLIPFRAC, "PG clip fraction")]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 8.5), sharex=True)
+    for ax, (metric, label) in zip(axes, panels):
+        for arm, table in runs.items():
+            series = table[metric].dropna()
+            ax.plot(series.index, series.to_numpy(), color=colors[arm], linewidth=1.3, label=arm)
+            mark_events(ax, counter_increase_steps(table, names.ANCHOR_FIRES), colors[arm], FIRE_TICK)
+            mark_events(ax, counter_increase_steps(table, names.Q_UPDATES), colors[arm], Q_TICK)
+            if spirals.get(arm) is not None:
+                ax.axvline(spirals[arm], color=colors[arm], linestyle=":", linewidth=1.5)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    handles, _ = axes[0].get_legend_handles_labels()
+    if any(step is not None for step in spirals.values()):
+        handles.append(Line2D([], [], color="0.3", linestyle=":", label="spiral ignition"))
+    axes[0].legend(handles=handles + event_legend_handles(), fontsize=8, loc="upper left")
+    axes[-1].set_xlabel("training step")
+    axes[0].set_title("Collapse mechanism: length, entropy, clip fraction")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_recon_panel(ax, arm: str, table: pd.DataFrame) -> None:
+    """Reconstruction error of every boundary of one arm, coloured by layer."""
+    columns = recon_err_columns(table)
+    cmap = plt.get_cmap("viridis")
+    for i, column in enumerate(columns):
+        series = table[column].dropna()
+        layer = column[len(names.RECON_ERR_PREFIX) :]
+        ax.plot(series.index, series.to_numpy(), color=cmap(i / max(1, len(columns) - 1)), linewidth=1.1,
+                label=f"layer {layer}")
+    mark_events(ax, counter_increase_steps(table, names.Q_UPDATES), "0.3", Q_TICK)
+    ax.set_title(f"{arm}: ‖h − hQQᵀ‖/‖h‖ per boundary", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="upper right")
+
+
+def plot_q_telemetry(runs: dict[str, pd.DataFrame], colors: dict[str, str], path: Path) -> Path:
+    """Figure 4: per-boundary reconstruction error (one panel per arm) over clip fraction and length.
+
+    Args:
+        runs: the arms with codec telemetry (arm → per-step table).
+        colors: arm → colour (bottom panels).
+        path: the PNG to write.
+    """
+    fig = plt.figure(figsize=(min(24.0, max(8.0, 4.5 * len(runs))), 9))
+    grid = fig.add_gridspec(3, len(runs))
+    clip_ax = fig.add_subplot(grid[1, :])
+    length_ax = fig.add_subplot(grid[2, :], sharex=clip_ax)
+    recon_axes = [fig.add_subplot(grid[0, 0], sharex=clip_ax)]
+    recon_axes += [fig.add_subplot(grid[0, i], sharex=clip_ax, sharey=recon_axes[0]) for i in range(1, len(runs))]
+    for ax, (arm, table) in zip(recon_axes, runs.items()):
+        plot_recon_panel(ax, arm, table)
+    recon_axes[0].set_ylabel("reconstruction error")
+    for ax, metric, label in ((clip_ax, names.CLIPFRAC, "PG clip fraction"), (length_ax, names.RESPONSE_LENGTH, "response length")):
+        for arm, table in runs.items():
+            series = table[metric].dropna()
+            ax.plot(series.index, series.to_numpy(), color=colors[arm], linewidth=1.3, label=arm)
+            mark_events(ax, counter_increase_steps(table, names.Q_UPDATES), colors[arm], Q_TICK)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    clip_ax.legend(handles=clip_ax.get_legend_handles_labels()[0] + event_legend_handles()[1:], fontsize=8, loc="upper left")
+    length_ax.set_xlabel("training step")
+    fig.suptitle("Q telemetry: codec reconstruction error vs clip fraction and response length")
+    fig.tight_layout()
+    return save(fig, path)
