@@ -1,0 +1,47 @@
+"""The transport=sign wire format: 1 bit per coordinate, 0 → +."""
+
+import pytest
+import torch
+
+from verl_commeff.mergers.sign_bits import PackedSigns, pack_signs, sign_mask, unpack_signs
+
+from .reference import sign_pm1
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (8,), (9,), (13, 3), (2, 3, 5), (0,), (4, 0)])
+def test_round_trip_odd_sizes(shape):
+    gen = torch.Generator().manual_seed(1)
+    t = torch.randn(shape, generator=gen)
+    if t.numel():
+        t.view(-1)[0] = 0.0  # exact zero packs as +
+    packed = pack_signs([t])
+    n = t.numel()
+    assert packed.bits[0].dtype == torch.uint8 and packed.bits[0].shape == ((n + 7) // 8,)
+    assert packed.shapes == [torch.Size(shape)]
+    for dtype in (torch.float32, torch.bfloat16):
+        out = unpack_signs(packed, dtype=dtype)[0]
+        assert out.dtype == dtype and out.shape == t.shape
+        assert torch.equal(out, sign_pm1(t).to(dtype))
+    assert torch.equal(sign_mask(packed.bits[0], t.shape), t >= 0)
+
+
+def test_bit_layout_lsb_first():
+    # coordinate i → bit i % 8 of byte i // 8, 1 = +; 0 and -0.0 are +.
+    t = torch.tensor([1.0, -1.0, -2.0, 0.0, -0.0, 3.0, 4.0, 5.0, -1.0, 2.0])
+    bits = pack_signs([t]).bits[0]
+    assert bits.tolist() == [1 + 8 + 16 + 32 + 64 + 128, 2]
+
+
+def test_several_tensors_and_bytes():
+    ts = [torch.randn(3, 5), torch.randn(17), torch.randn(1)]
+    packed = pack_signs(ts)
+    assert len(packed) == 3 and packed.nbytes() == 2 + 3 + 1
+    for out, t in zip(unpack_signs(packed), ts):
+        assert torch.equal(out, sign_pm1(t))
+
+
+def test_packed_signs_validates():
+    with pytest.raises(ValueError, match=r"bits\[0\] must be a 1-D uint8 tensor of 2 bytes for shape \(9,\)"):
+        PackedSigns(bits=[torch.zeros(3, dtype=torch.uint8)], shapes=[(9,)])
+    with pytest.raises(ValueError, match="len"):
+        PackedSigns(bits=[], shapes=[(9,)])

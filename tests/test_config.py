@@ -1,0 +1,119 @@
+"""Every knob is validated at construction with an error naming field, value and range."""
+
+import pytest
+
+from verl_commeff.config import (
+    AdaptiveLambdaConfig,
+    AnchorConfig,
+    CodecConfig,
+    CommEffConfig,
+    CommEffConfigError,
+    MergerConfig,
+    check_against_model,
+)
+
+
+def test_defaults_are_the_seed_k5_run():
+    c = CommEffConfig()
+    assert (c.codec.rank, c.codec.pp_size, c.codec.seed, c.codec.q_source) == (77, 8, 0, "anchor")
+    assert (c.anchor.delay_k, c.anchor.cadence, c.anchor.beta) == (5, 5, 0.5)
+    assert (c.merger.name, c.merger.alpha, c.merger.age_decay, c.merger.adaptive.mode) == ("signed_ema", 0.25, 1.0, "off")
+    assert c.q_cadence == 5
+    assert len(c.anchor.targets) == 7
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, message",
+    [
+        (CodecConfig, dict(rank=0), "commeff.codec.rank=0 is out of range: must be an integer >= 1"),
+        (CodecConfig, dict(pp_size=1), "commeff.codec.pp_size=1 is out of range: must be an integer >= 2"),
+        (CodecConfig, dict(q_source="slow"), "commeff.codec.q_source='slow' is not valid: must be one of ['anchor', 'fast']"),
+        (CodecConfig, dict(q_cadence=0), "commeff.codec.q_cadence=0 is out of range"),
+        (AnchorConfig, dict(delay_k=-1), "commeff.anchor.delay_k=-1 is out of range: must be an integer >= 0"),
+        (AnchorConfig, dict(cadence=0), "commeff.anchor.cadence=0 is out of range: must be an integer >= 1"),
+        (AnchorConfig, dict(cadence=2.5), "commeff.anchor.cadence=2.5 is out of range"),
+        (AnchorConfig, dict(beta=1.0), r"commeff.anchor.beta=1.0 is out of range: must be a number in [0, 1)"),
+        (AnchorConfig, dict(beta=-0.1), "commeff.anchor.beta=-0.1 is out of range"),
+        (AnchorConfig, dict(placement="remote"), "commeff.anchor.placement='remote' is not valid"),
+        (AnchorConfig, dict(sync="loose"), "commeff.anchor.sync='loose' is not valid"),
+        (AnchorConfig, dict(transport="fp8"), "commeff.anchor.transport='fp8' is not valid"),
+        (AnchorConfig, dict(targets=[]), "commeff.anchor.targets=[] is out of range"),
+        (MergerConfig, dict(alpha=1.5), "commeff.merger.alpha=1.5 is out of range: must be a number in [0, 1]"),
+        (MergerConfig, dict(alpha=-0.01), "commeff.merger.alpha=-0.01 is out of range"),
+        (MergerConfig, dict(age_decay=0.0), r"commeff.merger.age_decay=0.0 is out of range: must be a number in (0, 1]"),
+        (MergerConfig, dict(age_decay=1.1), "commeff.merger.age_decay=1.1 is out of range"),
+        (MergerConfig, dict(name="sign_sgd"), "commeff.merger.name='sign_sgd' is not valid: must be one of"),
+        (MergerConfig, dict(checksum_every=-1), "commeff.merger.checksum_every=-1 is out of range"),
+        (AdaptiveLambdaConfig, dict(cap=-0.5), "commeff.merger.adaptive.cap=-0.5 is out of range"),
+        (AdaptiveLambdaConfig, dict(lambda0=-1.0), "commeff.merger.adaptive.lambda0=-1.0 is out of range"),
+        (AdaptiveLambdaConfig, dict(window=0), "commeff.merger.adaptive.window=0 is out of range"),
+        (AdaptiveLambdaConfig, dict(mode="median"), "commeff.merger.adaptive.mode='median' is not valid"),
+    ],
+)
+def test_invalid_value_raises_naming_field_value_and_range(cls, kwargs, message):
+    with pytest.raises(CommEffConfigError) as err:
+        cls(**kwargs)
+    assert message in str(err.value)
+
+
+def test_unknown_merger_lists_the_valid_names():
+    with pytest.raises(CommEffConfigError) as err:
+        MergerConfig(name="nope")
+    assert "'signed_ema'" in str(err.value) and "'none'" in str(err.value)
+
+
+def test_model_dependent_checks():
+    check_against_model(CodecConfig(rank=64, pp_size=8), hidden_size=64, num_layers=8)
+    with pytest.raises(CommEffConfigError, match=r"commeff.codec.rank=77 is out of range: must be an integer in \[1, 64\]"):
+        check_against_model(CodecConfig(rank=77), hidden_size=64, num_layers=28)
+    with pytest.raises(CommEffConfigError, match=r"commeff.codec.pp_size=8 is out of range: must be an integer in \[2, 4\]"):
+        check_against_model(CodecConfig(rank=8, pp_size=8), hidden_size=64, num_layers=4)
+
+
+def test_cross_field_rules():
+    with pytest.raises(CommEffConfigError, match="multiple of commeff.anchor.cadence=5"):
+        CommEffConfig(codec=CodecConfig(q_cadence=7))
+    assert CommEffConfig(codec=CodecConfig(q_cadence=7, q_source="fast")).q_cadence == 7
+    with pytest.raises(CommEffConfigError, match="needs commeff.anchor.enable=True"):
+        CommEffConfig(anchor=AnchorConfig(enable=False))
+    with pytest.raises(CommEffConfigError, match="transport='sign'"):
+        CommEffConfig(anchor=AnchorConfig(transport="sign"), merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="cos")))
+
+
+def test_nested_dicts_from_yaml_become_dataclasses_and_fields_are_frozen():
+    c = CommEffConfig(codec={"rank": 16}, anchor={"delay_k": 20, "cadence": 20}, merger={"adaptive": {"mode": "ratio"}})
+    assert isinstance(c.codec, CodecConfig) and c.codec.rank == 16
+    assert c.anchor.delay_k == 20 and c.q_cadence == 20
+    assert isinstance(c.merger.adaptive, AdaptiveLambdaConfig) and c.merger.adaptive.mode == "ratio"
+    with pytest.raises(Exception, match="frozen"):
+        c.anchor.delay_k = 3
+
+
+def test_yaml_node_matches_the_dataclasses_and_documents_every_field():
+    """The shipped yaml has exactly the dataclass fields, the same defaults, and a comment per field."""
+    import dataclasses
+    import pathlib
+
+    import verl_commeff
+    from omegaconf import OmegaConf
+    from verl.utils.config import omega_conf_to_dataclass
+
+    path = pathlib.Path(verl_commeff.__file__).parent / "conf" / "commeff.yaml"
+    node = OmegaConf.load(path)
+    built = omega_conf_to_dataclass(node)
+    assert built == CommEffConfig()
+
+    lines = path.read_text().splitlines()
+
+    def check(cls, sub, indent):
+        names = {f.name for f in dataclasses.fields(cls)} - {"_target_"}
+        assert set(sub.keys()) - {"_target_"} == names, cls.__name__
+        for name in names:
+            i = next(i for i, line in enumerate(lines) if line.startswith(" " * indent + f"{name}:"))
+            assert lines[i - 1].strip().startswith("#"), f"{cls.__name__}.{name} has no comment in the yaml"
+
+    check(CommEffConfig, node, 0)
+    check(CodecConfig, node.codec, 2)
+    check(AnchorConfig, node.anchor, 2)
+    check(MergerConfig, node.merger, 2)
+    check(AdaptiveLambdaConfig, node.merger.adaptive, 4)

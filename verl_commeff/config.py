@@ -1,0 +1,267 @@
+"""Config dataclasses for every verl-commeff knob (the ``commeff`` yaml node).
+
+They follow verl's own convention: dataclasses on :class:`verl.base_config.BaseConfig`
+(dict-like, frozen after construction), ``Args:`` docstrings and ``__post_init__``
+validation. A bad value raises :class:`CommEffConfigError` (a ``ValueError``) naming the
+field, the value and the allowed range, e.g.::
+
+    commeff.merger.alpha=1.5 is out of range: must be in [0, 1]
+
+Defaults are the seed's K=5 run (SPEC §7): r=77, pp_size=8, delay_k=5, cadence=5,
+alpha=0.25, beta=0.5, merger signed_ema. Every latency, cadence and age counts ticks
+(optimizer steps), never global steps (SPEC §1).
+
+Checks that need the model (r ≤ hidden size, pp_size ≤ number of decoder layers) run
+when the codec is installed on a model, with the same error type and wording
+(:func:`check_against_model`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from verl.base_config import BaseConfig
+
+__all__ = [
+    "AdaptiveLambdaConfig",
+    "AnchorConfig",
+    "CodecConfig",
+    "CommEffConfig",
+    "CommEffConfigError",
+    "MergerConfig",
+    "check_against_model",
+]
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class CommEffConfigError(ValueError):
+    """A ``commeff`` config value is invalid; the message names field, value and allowed range."""
+
+
+def _fail(path: str, value: Any, allowed: str) -> None:
+    raise CommEffConfigError(f"{path}={value!r} is out of range: must be {allowed}")
+
+
+def _check_int(path: str, value: Any, lo: int, hi: Optional[int] = None) -> None:
+    allowed = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(path, value, allowed)
+    if value < lo or (hi is not None and value > hi):
+        _fail(path, value, allowed)
+
+
+def _check_float(path: str, value: Any, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
+    allowed = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(path, value, allowed)
+    if value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
+        _fail(path, value, allowed)
+
+
+def _check_choice(path: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise CommEffConfigError(f"{path}={value!r} is not valid: must be one of {list(choices)}")
+
+
+@dataclass
+class CodecConfig(BaseConfig):
+    """Boundary PowerSGD codec: simulated pipeline-parallel compression (SPEC §2).
+
+    Args:
+        enable: install the codec on the actor's train and old-log-prob passes.
+        rank: r, the columns of each boundary basis Q (H × r); 1 ≤ r ≤ hidden size.
+            The wire per boundary is tokens × r instead of tokens × H.
+        pp_size: number of simulated pipeline stages; 2 ≤ pp_size ≤ decoder layers.
+            The last layer of every non-final stage is a boundary.
+        seed: seed of the Q bootstrap orth(randn(H, r)), combined with the boundary index.
+        q_source: who observes the activations that refresh Q: ``anchor`` (the anchor's
+            dense forward at each fire; the seed's runs) or ``fast`` (the actor's own
+            compressed forwards).
+        q_cadence: refresh Q every ``q_cadence`` ticks; ``None`` couples it to
+            ``anchor.cadence`` (the seed). With ``q_source=anchor`` it must be a multiple of
+            ``anchor.cadence`` (Q can only move when the anchor fires).
+    """
+
+    enable: bool = True
+    rank: int = 77
+    pp_size: int = 8
+    seed: int = 0
+    q_source: str = "anchor"
+    q_cadence: Optional[int] = None
+
+    def __post_init__(self):
+        _check_int("commeff.codec.rank", self.rank, 1)
+        _check_int("commeff.codec.pp_size", self.pp_size, 2)
+        _check_int("commeff.codec.seed", self.seed, 0)
+        _check_choice("commeff.codec.q_source", self.q_source, ("anchor", "fast"))
+        if self.q_cadence is not None:
+            _check_int("commeff.codec.q_cadence", self.q_cadence, 1)
+
+
+@dataclass
+class AnchorConfig(BaseConfig):
+    """The anchor: dense gradient at stale weights θ_{t−K} on paired replay (SPEC §3).
+
+    Args:
+        enable: run the anchor worker group (without it the merger stays cold).
+        delay_k: K, the anchor latency in ticks: fire t uses the mini-batch of tick t−K and
+            the generator weights of that mini-batch. K ≥ 0.
+        cadence: the anchor fires at tick t iff ``t % cadence == 0``; cadence ≥ 1.
+        beta: β_anc of the anchor EMA M̄ ← β·M̄ + (1−β)·M; 0 ≤ β < 1 (0 = no smoothing).
+        placement: ``separate`` (own Ray resource pool: one slow anchor, fast swarm) or
+            ``colocated`` (shares the actor's devices, offloaded between fires).
+        sync: ``strict`` (at tick t the actor waits for fire t: staleness exactly K) or
+            ``free`` (the actor uses the newest finished fire and logs its real age).
+        transport: how M̄ returns to the actor: ``shards`` (M̄ itself, sharded like the
+            gradient) or ``sign`` (packed sign bits, 1 bit per coordinate).
+        targets: module-name suffixes of the 2-D weights the anchor computes M for
+            (default: q/k/v/o/gate/up/down projections of every decoder layer).
+        n_gpus_per_node: devices per node of the anchor's own pool (``placement=separate``).
+        nnodes: nodes of the anchor's own pool (``placement=separate``).
+    """
+
+    enable: bool = True
+    delay_k: int = 5
+    cadence: int = 5
+    beta: float = 0.5
+    placement: str = "separate"
+    sync: str = "strict"
+    transport: str = "shards"
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+    n_gpus_per_node: int = 1
+    nnodes: int = 1
+
+    def __post_init__(self):
+        _check_int("commeff.anchor.delay_k", self.delay_k, 0)
+        _check_int("commeff.anchor.cadence", self.cadence, 1)
+        _check_float("commeff.anchor.beta", self.beta, 0.0, 1.0, hi_open=True)
+        _check_choice("commeff.anchor.placement", self.placement, ("separate", "colocated"))
+        _check_choice("commeff.anchor.sync", self.sync, ("strict", "free"))
+        _check_choice("commeff.anchor.transport", self.transport, ("shards", "sign"))
+        if isinstance(self.targets, str) or len(self.targets) == 0 or not all(
+            isinstance(t, str) and t for t in self.targets
+        ):
+            _fail("commeff.anchor.targets", self.targets, "a non-empty list of module-name suffixes")
+        object.__setattr__(self, "targets", tuple(self.targets))
+        _check_int("commeff.anchor.n_gpus_per_node", self.n_gpus_per_node, 1)
+        _check_int("commeff.anchor.nnodes", self.nnodes, 1)
+
+
+@dataclass
+class AdaptiveLambdaConfig(BaseConfig):
+    """Adaptive dose λ_t = clamp(λ_0 + κ·(c̄ − c_t), 0, cap) (SPEC §4, seed next step #4).
+
+    Args:
+        mode: ``off`` (λ_t = λ_0), ``ratio`` (c_t = ‖δ_t‖/‖G_t‖) or ``cos`` (c_t = cos(G_t, M̄)).
+        lambda0: λ_0, the base dose; ≥ 0. With mode ``off`` and λ_0 = 1 the merger is the
+            seed's plain signed_ema.
+        kappa: κ, the gain on the deviation of c_t from its running median; any real
+            number (negative flips the direction).
+        cap: λ_cap, the upper clamp of λ_t; ≥ 0.
+        window: number of past c_t values whose median is c̄; ≥ 1.
+    """
+
+    mode: str = "off"
+    lambda0: float = 1.0
+    kappa: float = 1.0
+    cap: float = 1.0
+    window: int = 64
+
+    def __post_init__(self):
+        _check_choice("commeff.merger.adaptive.mode", self.mode, ("off", "ratio", "cos"))
+        _check_float("commeff.merger.adaptive.lambda0", self.lambda0, 0.0, float("inf"))
+        _check_float("commeff.merger.adaptive.kappa", self.kappa, float("-inf"), float("inf"))
+        _check_float("commeff.merger.adaptive.cap", self.cap, 0.0, float("inf"))
+        _check_int("commeff.merger.adaptive.window", self.window, 1)
+
+
+@dataclass
+class MergerConfig(BaseConfig):
+    """The merger applied every tick after gradient reduction, before clipping (SPEC §4).
+
+    Args:
+        name: registered merger: ``signed_ema`` (G′ = G + λ·(1−α)·(|G|⊙sign(M̄) − G)),
+            ``none`` (G′ = G: the no-merger floor), or any merger registered with
+            :func:`verl_commeff.mergers.registry.register_merger`.
+        alpha: α, the share of the fast gradient kept; 0 ≤ α ≤ 1 (α = 1 is the identity).
+        age_decay: μ, λ_t ← λ_t·μ^age with age = ticks since the held M̄ was produced;
+            0 < μ ≤ 1 (1 = off).
+        adaptive: the adaptive-λ controller (off by default).
+        checksum_every: every this many ticks verify that the merger's inputs are
+            identical on every rank (one small all-reduce); 0 = never.
+    """
+
+    name: str = "signed_ema"
+    alpha: float = 0.25
+    age_decay: float = 1.0
+    adaptive: AdaptiveLambdaConfig = field(default_factory=AdaptiveLambdaConfig)
+    checksum_every: int = 0
+
+    def __post_init__(self):
+        from verl_commeff.mergers.registry import merger_names
+
+        names = merger_names()
+        if self.name not in names:
+            raise CommEffConfigError(f"commeff.merger.name={self.name!r} is not valid: must be one of {names}")
+        _check_float("commeff.merger.alpha", self.alpha, 0.0, 1.0)
+        _check_float("commeff.merger.age_decay", self.age_decay, 0.0, 1.0, lo_open=True)
+        if isinstance(self.adaptive, dict):
+            object.__setattr__(self, "adaptive", AdaptiveLambdaConfig(**self.adaptive))
+        _check_int("commeff.merger.checksum_every", self.checksum_every, 0)
+
+
+@dataclass
+class CommEffConfig(BaseConfig):
+    """The whole ``commeff`` node.
+
+    Args:
+        enable: turn the plugin on; off, the actor is stock verl (bit-identical).
+        codec: the boundary PowerSGD codec.
+        anchor: the anchor worker group and its schedule.
+        merger: the per-tick merger and its dose control.
+    """
+
+    enable: bool = True
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    anchor: AnchorConfig = field(default_factory=AnchorConfig)
+    merger: MergerConfig = field(default_factory=MergerConfig)
+
+    def __post_init__(self):
+        for name, cls in (("codec", CodecConfig), ("anchor", AnchorConfig), ("merger", MergerConfig)):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                object.__setattr__(self, name, cls(**value))
+        codec, anchor = self.codec, self.anchor
+        if codec.enable and codec.q_source == "anchor":
+            if not anchor.enable:
+                raise CommEffConfigError(
+                    "commeff.codec.q_source='anchor' needs commeff.anchor.enable=True "
+                    "(or set commeff.codec.q_source=fast)"
+                )
+            if self.q_cadence % anchor.cadence != 0:
+                raise CommEffConfigError(
+                    f"commeff.codec.q_cadence={codec.q_cadence!r} is not valid with q_source='anchor': must be a "
+                    f"multiple of commeff.anchor.cadence={anchor.cadence} (Q moves only when the anchor fires)"
+                )
+        if anchor.transport == "sign" and self.merger.adaptive.mode == "cos":
+            raise CommEffConfigError(
+                "commeff.merger.adaptive.mode='cos' needs M̄'s magnitudes: it is not valid with "
+                "commeff.anchor.transport='sign' (use transport=shards or mode=ratio)"
+            )
+
+    @property
+    def q_cadence(self) -> int:
+        """The effective Q-refresh cadence in ticks (``codec.q_cadence`` or ``anchor.cadence``)."""
+        return self.codec.q_cadence if self.codec.q_cadence is not None else self.anchor.cadence
+
+
+def check_against_model(codec: CodecConfig, hidden_size: int, num_layers: int) -> None:
+    """Validate the codec knobs that depend on the model.
+
+    Raises:
+        CommEffConfigError: rank > hidden_size or pp_size > num_layers.
+    """
+    _check_int("commeff.codec.rank", codec.rank, 1, hidden_size)
+    _check_int("commeff.codec.pp_size", codec.pp_size, 2, num_layers)

@@ -1,0 +1,435 @@
+"""The merger state object: holds M̄, runs dose control and telemetry, merges in place.
+
+Every tick, after FSDP has reduced the gradients and before clipping and
+``optimizer.step``, the actor calls ``merger.apply_(grads, tick)`` (SPEC §4). The merger
+
+- holds the latest M̄ between fires (:meth:`Merger.hold`), as dense tensors laid out like
+  the gradients (whole tensors, local row/flat shards, or DTensors) or as
+  :class:`~verl_commeff.mergers.sign_bits.PackedSigns` (``transport=sign``);
+- is cold until the first M̄ is held: G′ = G, counted in ``cold_ticks``;
+- computes its global statistics (norms, sign agreement, ⟨G, M̄⟩) from per-rank partial
+  sums with ONE all-reduce of a small vector per tick, so λ_t is bit-identical on every
+  rank; DTensor gradients reduce over their mesh's shard group, plain local shards over
+  the ``process_group`` given at construction, whole tensors need no reduction;
+- never reads a device value on the host in :meth:`Merger.apply_`: λ_t, c_t and the
+  telemetry stay device tensors and :meth:`Merger.metrics` reads them once per step.
+
+Sign convention: sign(x) = +1 if x ≥ 0 else −1, for G and M̄ alike (see ``sign_bits``).
+``sign_agree`` is the fraction of coordinates where sign(G) = sign(M̄).
+
+Subclasses (registered with ``@register_merger``) define the correction through three
+hooks: :meth:`Merger._delta_sq` (‖δ_t‖² from the global statistics),
+:meth:`Merger._dose` (λ_t) and :meth:`Merger._merge_local_` (G ← G + λ_t·δ_t on one
+local tensor).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+
+import torch
+import torch.distributed as dist
+
+from verl_commeff.collectives import identical_across_ranks
+from verl_commeff.mergers.dose import STAT_DTYPE, DoseControl, cos_signal, ratio_signal
+from verl_commeff.mergers.grad_layout import check_held_layout, local_view, reduce_group
+from verl_commeff.mergers.sign_bits import PackedSigns
+from verl_commeff.mergers.stats import (
+    G_SQ,
+    GM_DOT,
+    M_SQ,
+    MISMATCH_COUNT,
+    N_STATS,
+    NUMEL,
+    LocalHeld,
+    global_stats,
+    positive_mask,
+    sign_mismatch,
+)
+
+if TYPE_CHECKING:
+    from verl_commeff.config import MergerConfig
+
+__all__ = ["Merger", "HeldSignal"]
+
+HeldSignal = Union[Sequence[torch.Tensor], PackedSigns]
+
+# Per-step telemetry: indices into the (N_TELEMETRY,) fp64 sum over the step's warm ticks.
+T_LAMBDA, T_C, T_C_MEDIAN, T_SIGN_AGREE, T_DELTA_RATIO, T_COS, T_GRAD_NORM = range(7)
+N_TELEMETRY = 7
+
+PREFIX = "commeff/merger/"
+
+
+class Merger:
+    """Base merger: held M̄, cold rule, dose control, telemetry, checkpointing.
+
+    Knobs (from :class:`~verl_commeff.config.MergerConfig`):
+        alpha: α, share of the fast gradient kept by the correction.
+        age_decay, adaptive.*: dose control (see :mod:`verl_commeff.mergers.dose`).
+        checksum_every: every this many ticks, check that the merger's replicated inputs
+            (tick, produced/source tick, global statistics, λ_t, c_t) are identical on every
+            rank of ``checksum_group`` (one extra tiny all-reduce); 0 = never.
+
+    State (all in :meth:`state_dict`, no process group inside): the held M̄ and its
+    produced/source ticks, the last tick, cumulative cold/merged tick counts, the dose
+    ring, and the current step's telemetry sums.
+
+    Args:
+        cfg: the merger config (duck-typed ``MergerConfig``).
+        process_group: the shard group to reduce statistics over when the gradients are
+            plain local shards (FSDP1 flat-param shards, hand-made row shards). It also
+            overrides a DTensor mesh's group. None: DTensors use their mesh's shard group,
+            plain tensors are whole (no reduction).
+        checksum_group: group of the cross-rank input check (None = the default group).
+    """
+
+    name = "base"
+    merges = True  # False: G′ = G always (no second pass)
+
+    def __init__(
+        self,
+        cfg: "MergerConfig",
+        process_group: Optional[dist.ProcessGroup] = None,
+        checksum_group: Optional[dist.ProcessGroup] = None,
+    ):
+        self.cfg = cfg
+        self.alpha = float(cfg.alpha)
+        self.checksum_every = int(cfg.checksum_every)
+        self.adaptive_mode = cfg.adaptive.mode
+        self.dose_control = DoseControl(cfg.adaptive, cfg.age_decay)
+        self.process_group = process_group
+        self.checksum_group = checksum_group
+        # Held signal.
+        self._held: Optional[HeldSignal] = None
+        self.produced_tick: Optional[int] = None
+        self.source_tick: Optional[int] = None
+        self._held_checked = False  # layout checked against the grads since the last hold()
+        # Counters (host ints: known without reading the device).
+        self.last_tick = 0
+        self.cold_ticks = 0
+        self.merged_ticks = 0
+        self._reset_step()
+
+    # ------------------------------------------------------------------ held signal
+    @property
+    def is_cold(self) -> bool:
+        """True until the first M̄ is held."""
+        return self._held is None
+
+    @property
+    def held_signs_only(self) -> bool:
+        """True when the held signal is packed sign bits (no magnitudes: no cos)."""
+        return isinstance(self._held, PackedSigns)
+
+    def hold(self, m_bar: HeldSignal, produced_tick: int, source_tick: int) -> None:
+        """Hold a new M̄ (replacing the previous one) until the next hold.
+
+        The tensors are kept by reference (no copy): do not modify them afterwards.
+
+        Args:
+            m_bar: one tensor per gradient, with the gradients' local layout (whole
+                tensors, local shards, or DTensors), or :class:`PackedSigns` of those
+                local shards.
+            produced_tick: the tick the fire was produced for (its age is counted from
+                here; with ``sync=free`` pass the fire's scheduled tick, so the age at use
+                is the realised age). ≥ 1.
+            source_tick: the tick of the mini-batch and weights it was computed on
+                (t − K, or the replayed warm-up tick); 1 ≤ source_tick ≤ produced_tick.
+        """
+        for arg, value in (("produced_tick", produced_tick), ("source_tick", source_tick)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"Merger.hold: {arg}={value!r} must be a host int")
+        if produced_tick < 1:
+            raise ValueError(f"Merger.hold: produced_tick={produced_tick} is out of range: must be >= 1")
+        if not 1 <= source_tick <= produced_tick:
+            raise ValueError(
+                f"Merger.hold: source_tick={source_tick} is out of range: must be in [1, produced_tick={produced_tick}]"
+            )
+        if isinstance(m_bar, PackedSigns):
+            if self.adaptive_mode == "cos":
+                raise ValueError(
+                    "Merger.hold: got packed sign bits but commeff.merger.adaptive.mode='cos' needs M̄'s "
+                    "magnitudes (use transport=shards or mode=ratio)"
+                )
+            held: HeldSignal = m_bar
+        else:
+            held = list(m_bar)
+            for i, m in enumerate(held):
+                if not isinstance(m, torch.Tensor):
+                    raise TypeError(f"Merger.hold: m_bar[{i}] is {type(m).__name__}, expected a tensor")
+        if len(held) == 0:
+            raise ValueError("Merger.hold: m_bar is empty (expected one entry per target gradient)")
+        self._held = held
+        self.produced_tick = produced_tick
+        self.source_tick = source_tick
+        self._held_checked = False
+
+    def _local_held(self) -> LocalHeld:
+        """The held M̄ as local tensors (DTensor → ``to_local()``), or its packed signs."""
+        if isinstance(self._held, PackedSigns):
+            return self._held
+        return [local_view(m) for m in self._held]
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _delta_sq(self, stats: torch.Tensor) -> torch.Tensor:
+        """‖δ_t‖² (0-d fp64) from the global statistics vector."""
+        raise NotImplementedError
+
+    def _dose(self, c_t: torch.Tensor, age: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(λ_t, c̄) for a warm tick (default: :class:`DoseControl`)."""
+        return self.dose_control.dose(c_t, age)
+
+    def _merge_local_(self, g: torch.Tensor, mismatch: torch.Tensor, lam: torch.Tensor) -> None:
+        """G ← G + λ_t·δ_t in place on one local tensor (``mismatch``: sign(G) ≠ sign(M̄), bool like g)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the tick
+    @torch.no_grad()
+    def apply_(self, grads: Sequence[torch.Tensor], tick: int) -> None:
+        """Merge the held M̄ into ``grads`` in place for optimizer step ``tick``.
+
+        Steps:
+            1. Check the tick (host int, ≥ 1, increasing).
+            2. Cold (no M̄ held yet): G′ = G, count a cold tick, done.
+            3. Take local views of the grads (DTensor → ``to_local()``); on the first tick
+               after a hold, check M̄'s layout against them.
+            4. Per local tensor, partial sums: ‖G‖², Σ G² and count over sign-mismatched
+               coordinates, numel, and with dense M̄ also ⟨G, M̄⟩ and ‖M̄‖². Stack them into
+               one (6,) fp64 vector and all-reduce it ONCE over the shard group.
+            5. c_t (``ratio``: ‖δ‖/‖G‖, ``cos``: cos(G, M̄)), then λ_t (dose control).
+            6. G ← G + λ_t·δ_t on every local tensor (skipped by ``none``).
+            7. Accumulate the step's telemetry on the device; every ``checksum_every``
+               ticks check the replicated inputs across ranks.
+
+        Args:
+            grads: the reduced gradients of the targets (tensors or DTensors), in the
+                same order and layout as the held M̄.
+            tick: the 1-based optimizer-step counter of this update.
+        """
+        # Step 1: the tick and the inputs (nothing changes state before they pass).
+        if isinstance(tick, bool) or not isinstance(tick, int):
+            raise TypeError(f"Merger.apply_: tick={tick!r} must be a host int")
+        if tick < 1 or tick <= self.last_tick:
+            raise ValueError(
+                f"Merger.apply_: tick={tick} is out of range: must be >= 1 and > the last tick {self.last_tick}"
+            )
+        grads = list(grads)
+        for i, g in enumerate(grads):
+            if g is None:
+                raise ValueError(f"Merger.apply_: grads[{i}] is None (every target needs a gradient)")
+        if self._held is not None and self.produced_tick > tick:
+            raise ValueError(
+                f"Merger.apply_: the held M̄ was produced for tick {self.produced_tick}, after tick={tick}"
+            )
+
+        # Step 2: cold rule.
+        if self._held is None:
+            self.last_tick = tick
+            self.cold_ticks += 1
+            if self._checksum_due(tick):
+                device = local_view(grads[0]).device if grads else torch.device("cpu")
+                self._check_inputs(torch.zeros(N_STATS, dtype=STAT_DTYPE, device=device), tick, None, None, None)
+            return
+        age = tick - self.produced_tick
+
+        # Step 3: local views; the layout check once per hold.
+        g_local = [local_view(g) for g in grads]
+        held = self._local_held()
+        if not self._held_checked:
+            if isinstance(held, PackedSigns):
+                check_held_layout(held.shapes, [b.device for b in held.bits], g_local)
+            else:
+                check_held_layout([m.shape for m in held], [m.device for m in held], g_local)
+            self._held_checked = True
+        self.last_tick = tick
+        dense = not isinstance(held, PackedSigns)
+        zero = torch.zeros((), dtype=STAT_DTYPE, device=g_local[0].device)
+
+        # Step 4: partial sums, one all-reduce.
+        reduce, group = reduce_group(grads, self.process_group)
+        stats = global_stats(g_local, held, reduce, group)  # (N_STATS,)
+
+        # Step 5: c_t and λ_t.
+        delta_ratio = ratio_signal(self._delta_sq(stats), stats[G_SQ])
+        cos = cos_signal(stats[GM_DOT], stats[G_SQ], stats[M_SQ])
+        c_t = cos if self.adaptive_mode == "cos" else delta_ratio
+        lam, c_bar = self._dose(c_t, age)
+
+        # Step 6: merge in place.
+        if self.merges:
+            for i, g in enumerate(g_local):
+                self._merge_local_(g, sign_mismatch(g, positive_mask(held, i)), lam)
+
+        # Step 7: telemetry and the cross-rank check.
+        self.merged_ticks += 1
+        self._step_warm += 1
+        self._step_age_sum += age
+        self._step_staleness_sum += tick - self.source_tick
+        self._step_dense_ticks += int(dense)
+        agree = 1.0 - stats[MISMATCH_COUNT] / stats[NUMEL].clamp(min=1.0)
+        telemetry = torch.stack(
+            [
+                lam,
+                c_t if self.dose_control.adaptive else zero,
+                c_bar if c_bar is not None else zero,
+                agree,
+                delta_ratio,
+                cos if dense else zero,
+                stats[G_SQ].sqrt(),
+            ]
+        )  # (N_TELEMETRY,)
+        self._step_sums = telemetry if self._step_sums is None else self._step_sums + telemetry
+        if self._checksum_due(tick):
+            self._check_inputs(stats, tick, lam, c_t, c_bar)
+
+    # ------------------------------------------------------------------ cross-rank check
+    def _checksum_due(self, tick: int) -> bool:
+        return self.checksum_every > 0 and tick % self.checksum_every == 0
+
+    def _check_inputs(self, stats, tick, lam, c_t, c_bar) -> None:
+        """Record whether the replicated inputs of this tick are identical on every rank."""
+        device = stats.device
+        held_ticks = (self.produced_tick, self.source_tick) if self._held is not None else (-1, -1)
+        scalars = [torch.full((), float(x), dtype=STAT_DTYPE, device=device) for x in (tick, *held_ticks)]
+        zero = torch.zeros((), dtype=STAT_DTYPE, device=device)
+        dose = [x if x is not None else zero for x in (lam, c_t, c_bar)]
+        vec = torch.cat([torch.stack(scalars), stats, torch.stack(dose)])  # (3 + N_STATS + 3,)
+        ok = identical_across_ranks([vec], self.checksum_group)
+        self._inputs_ok = ok if self._inputs_ok is None else self._inputs_ok & ok
+        self._step_checks += 1
+
+    # ------------------------------------------------------------------ telemetry
+    def _reset_step(self) -> None:
+        self._step_sums: Optional[torch.Tensor] = None  # (N_TELEMETRY,) fp64 over warm ticks
+        self._step_warm = 0
+        self._step_age_sum = 0
+        self._step_staleness_sum = 0
+        self._step_dense_ticks = 0
+        self._step_checks = 0
+        self._inputs_ok: Optional[torch.Tensor] = None  # 0-d bool, AND over this step's checks
+
+    def metrics(self) -> dict[str, float]:
+        """This step's telemetry as a flat dict of floats, then reset the step accumulators.
+
+        Call once per global step (one device→host copy). Keys (``commeff/merger/`` +):
+
+        - ``cold_ticks``, ``merged_ticks``: cumulative counts of ticks without / with a held
+          M̄ (for ``none`` a merged tick ran the identity rule); ``tick``: the last tick.
+        - Means over the step's warm ticks, left out when the step had none: ``lambda``
+          (λ_t applied, after age decay), ``sign_agree`` (fraction of coordinates with
+          sign(G) = sign(M̄)), ``delta_ratio`` (‖δ_t‖/‖G_t‖), ``grad_norm`` (‖G_t‖ before
+          the merge), ``age`` (tick − produced tick), ``staleness`` (tick − source tick);
+          ``c`` and ``c_median`` (c_t, c̄) only with adaptive dose; ``cos`` (cos(G_t, M̄))
+          only with dense M̄. ``produced_tick``: that of the held M̄.
+        - ``inputs_identical``: 1.0 when this step ran cross-rank checks and all passed.
+
+        Raises:
+            RuntimeError: a cross-rank input check of this step found ranks that disagree.
+        """
+        out: dict[str, float] = {
+            PREFIX + "cold_ticks": float(self.cold_ticks),
+            PREFIX + "merged_ticks": float(self.merged_ticks),
+            PREFIX + "tick": float(self.last_tick),
+        }
+        parts = [] if self._step_sums is None else [self._step_sums]  # (N_TELEMETRY,)
+        if self._inputs_ok is not None:
+            parts.append(self._inputs_ok.reshape(1).to(STAT_DTYPE))  # (1,)
+        values = torch.cat([p.to(parts[0].device) for p in parts]).tolist() if parts else []  # the one host read
+        if self._step_sums is not None:
+            n = self._step_warm
+            means = [v / n for v in values[:N_TELEMETRY]]
+            out[PREFIX + "lambda"] = means[T_LAMBDA]
+            out[PREFIX + "sign_agree"] = means[T_SIGN_AGREE]
+            out[PREFIX + "delta_ratio"] = means[T_DELTA_RATIO]
+            out[PREFIX + "grad_norm"] = means[T_GRAD_NORM]
+            if self.dose_control.adaptive:
+                out[PREFIX + "c"] = means[T_C]
+                out[PREFIX + "c_median"] = means[T_C_MEDIAN]
+            if self._step_dense_ticks == n:
+                out[PREFIX + "cos"] = means[T_COS]
+            out[PREFIX + "age"] = self._step_age_sum / n
+            out[PREFIX + "staleness"] = self._step_staleness_sum / n
+            out[PREFIX + "produced_tick"] = float(self.produced_tick)
+        if self._inputs_ok is not None:
+            if values[-1] != 1.0:
+                self._reset_step()
+                raise RuntimeError(
+                    "commeff merger: the cross-rank check found ranks whose merger inputs differ (tick, held M̄ "
+                    "ticks, global statistics, λ_t or c_t) during the step ending at tick "
+                    f"{self.last_tick}; gradients or M̄ are not consistent across ranks"
+                )
+            out[PREFIX + "inputs_identical"] = 1.0
+        self._reset_step()
+        return out
+
+    # ------------------------------------------------------------------ checkpointing
+    def _knobs(self) -> dict[str, Any]:
+        return {"name": self.name, "alpha": self.alpha, "adaptive_mode": self.adaptive_mode}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly (no process group; M̄ as this rank's local tensors).
+
+        Tensors are returned by reference; ``torch.save`` copies them.
+        """
+        held = None
+        if self._held is not None:
+            if isinstance(self._held, PackedSigns):
+                shapes = [tuple(s) for s in self._held.shapes]
+                held = {"kind": "signs", "tensors": list(self._held.bits), "shapes": shapes}
+            else:
+                held = {"kind": "dense", "tensors": [local_view(m) for m in self._held]}
+            held.update(produced_tick=self.produced_tick, source_tick=self.source_tick)
+        return {
+            "knobs": self._knobs(),
+            "held": held,
+            "last_tick": self.last_tick,
+            "cold_ticks": self.cold_ticks,
+            "merged_ticks": self.merged_ticks,
+            "dose": self.dose_control.state_dict(),
+            "step": {
+                "sums": self._step_sums,
+                "warm": self._step_warm,
+                "age_sum": self._step_age_sum,
+                "staleness_sum": self._step_staleness_sum,
+                "dense_ticks": self._step_dense_ticks,
+                "checks": self._step_checks,
+                "inputs_ok": self._inputs_ok,
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (tensors are used as given: map them to the device first).
+
+        Raises:
+            ValueError: the checkpoint was written by a merger with other knobs (name, α, mode).
+        """
+        knobs = self._knobs()
+        for key, value in state["knobs"].items():
+            if knobs.get(key) != value:
+                raise ValueError(
+                    f"Merger.load_state_dict: checkpoint {key}={value!r} differs from "
+                    f"this merger's {key}={knobs.get(key)!r}"
+                )
+        held = state["held"]
+        if held is None:
+            self._held, self.produced_tick, self.source_tick = None, None, None
+        else:
+            if held["kind"] == "signs":
+                shapes = [torch.Size(s) for s in held["shapes"]]
+                signal: HeldSignal = PackedSigns(bits=list(held["tensors"]), shapes=shapes)
+            else:
+                signal = list(held["tensors"])
+            self.hold(signal, int(held["produced_tick"]), int(held["source_tick"]))
+        self.last_tick = int(state["last_tick"])
+        self.cold_ticks = int(state["cold_ticks"])
+        self.merged_ticks = int(state["merged_ticks"])
+        self.dose_control.load_state_dict(state["dose"])
+        step = state["step"]
+        self._step_sums = step["sums"]
+        self._step_warm = int(step["warm"])
+        self._step_age_sum = int(step["age_sum"])
+        self._step_staleness_sum = int(step["staleness_sum"])
+        self._step_dense_ticks = int(step["dense_ticks"])
+        self._step_checks = int(step["checks"])
+        self._inputs_ok = step["inputs_ok"]

@@ -1,0 +1,119 @@
+"""The ``transport=sign`` wire format: the signs of M̄ packed to 1 bit per coordinate.
+
+``signed_ema`` needs only sign(M̄) (SPEC §3, §4), so the anchor can return M̄ as packed
+bits: 32× fewer bytes than fp32 shards.
+
+Sign convention (used everywhere in the mergers, for dense M̄ too, so both transports
+merge identically):
+
+    sign(x) = +1 if x >= 0 else -1
+
+i.e. **0 (and -0.0) maps to +**; NaN maps to − (``NaN >= 0`` is false).
+
+Bit layout: a tensor is flattened in row-major order; coordinate ``i`` is bit ``i % 8``
+(least significant bit first) of byte ``i // 8``; bit 1 means +. The last byte is padded
+with 0 bits. A tensor of ``n`` coordinates packs to ``ceil(n / 8)`` uint8 bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+__all__ = ["PackedSigns", "pack_signs", "sign_mask", "unpack_signs"]
+
+_BITS_PER_BYTE = 8
+
+
+def _bit_weights(device: torch.device) -> torch.Tensor:
+    """(8,) uint8: the value of bit j, 1 << j."""
+    return torch.tensor([1 << j for j in range(_BITS_PER_BYTE)], dtype=torch.uint8, device=device)
+
+
+@dataclass
+class PackedSigns:
+    """Signs of a list of tensors, 1 bit per coordinate.
+
+    Args:
+        bits: one (ceil(numel_i / 8),) uint8 tensor per packed tensor.
+        shapes: the shape of each packed tensor (to unpack and to check against the grads).
+    """
+
+    bits: list[torch.Tensor]
+    shapes: list[torch.Size]
+
+    def __post_init__(self):
+        if len(self.bits) != len(self.shapes):
+            raise ValueError(f"PackedSigns: len(bits)={len(self.bits)} != len(shapes)={len(self.shapes)}")
+        self.shapes = [torch.Size(s) for s in self.shapes]
+        for i, (b, shape) in enumerate(zip(self.bits, self.shapes)):
+            want = (shape.numel() + _BITS_PER_BYTE - 1) // _BITS_PER_BYTE
+            if b.dtype != torch.uint8 or b.dim() != 1 or b.numel() != want:
+                raise ValueError(
+                    f"PackedSigns: bits[{i}] must be a 1-D uint8 tensor of {want} bytes for shape {tuple(shape)}, "
+                    f"got dtype={b.dtype} shape={tuple(b.shape)}"
+                )
+
+    def __len__(self) -> int:
+        return len(self.bits)
+
+    def nbytes(self) -> int:
+        """Bytes on the wire (the packed bits only)."""
+        return sum(b.numel() for b in self.bits)
+
+
+def _pack_one(t: torch.Tensor) -> torch.Tensor:
+    """Pack sign(t) (0 → +) into (ceil(numel / 8),) uint8."""
+    positive = t.detach().reshape(-1) >= 0  # (n,) bool
+    pad = (-positive.numel()) % _BITS_PER_BYTE
+    if pad:
+        positive = torch.cat([positive, positive.new_zeros(pad)])
+    groups = positive.view(-1, _BITS_PER_BYTE).to(torch.uint8)  # (nbytes, 8) in {0, 1}
+    return (groups * _bit_weights(t.device)).sum(dim=1, dtype=torch.uint8)  # (nbytes,); bits are disjoint
+
+
+def pack_signs(tensors: Sequence[torch.Tensor]) -> PackedSigns:
+    """Pack the signs of ``tensors`` to 1 bit per coordinate (0 → +; see the module doc).
+
+    DTensors are packed from their local shard (``to_local()``): the anchor packs the
+    shard each rank will merge against.
+
+    Args:
+        tensors: the tensors whose signs to pack (any float dtype, any shape).
+
+    Returns:
+        The :class:`PackedSigns`, bits on the tensors' devices.
+    """
+    local = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+    return PackedSigns(bits=[_pack_one(t) for t in local], shapes=[t.shape for t in local])
+
+
+def sign_mask(bits: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Unpack one tensor's bits to a bool mask of ``shape``: True where sign is +.
+
+    Args:
+        bits: (ceil(numel / 8),) uint8, as made by :func:`pack_signs`.
+        shape: the shape of the packed tensor.
+    """
+    numel = torch.Size(shape).numel()
+    expanded = (bits.unsqueeze(1) & _bit_weights(bits.device)) != 0  # (nbytes, 8) bool
+    return expanded.reshape(-1)[:numel].view(shape)
+
+
+def unpack_signs(packed: PackedSigns, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    """Unpack to ±1 tensors of the packed shapes.
+
+    Args:
+        packed: the packed signs.
+        dtype: dtype of the returned ±1 tensors.
+
+    Returns:
+        One tensor per packed tensor, +1 where the source was ≥ 0, −1 elsewhere.
+    """
+    out = []
+    for bits, shape in zip(packed.bits, packed.shapes):
+        positive = sign_mask(bits, shape)
+        out.append(torch.where(positive, 1, -1).to(dtype))
+    return out
