@@ -1,0 +1,139 @@
+"""Per-step telemetry of the boundary codec, read on the host once per step (SPEC §6).
+
+The hooks only add to device tensors (reconstruction error, Q conditioning) or to Python
+ints derived from tensor shapes (token counts, bytes), so recording never synchronises
+with the device. :meth:`CodecTelemetry.metrics` reads everything in one transfer.
+
+Metric names (``l`` is the 0-based index of a boundary layer):
+
+- ``commeff/codec/recon_err/layer_{l}``: mean over this step's projected forwards of
+  ‖h − hQQᵀ‖/‖h‖ (omitted when the step had none);
+- ``commeff/codec/q_cond/layer_{l}``: σ_max/σ_min of the live Q (computed when it goes live);
+- ``commeff/codec/q_updates``: staged bases made live so far (cumulative);
+- ``commeff/codec/activations``: activation rows (token vectors) folded into the sketch so
+  far, summed over boundaries (cumulative, this rank);
+- ``commeff/bytes/codec_sent`` / ``commeff/bytes/codec_dense``: logical boundary wire bytes
+  this step, compressed (tokens × r) vs dense-equivalent (tokens × H), per boundary, in the
+  forward and (when a gradient flows back) the backward direction, at the activation dtype;
+- ``commeff/bytes/q_bcast_sent``: Q broadcast bytes this step (H × r × 4 per boundary per
+  refresh).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+__all__ = ["CodecTelemetry"]
+
+CODEC_PREFIX = "commeff/codec/"
+BYTES_PREFIX = "commeff/bytes/"
+TELEMETRY_DTYPE = torch.float32
+
+
+class CodecTelemetry:
+    """Accumulators of the codec's telemetry for one rank.
+
+    Args:
+        layers: 0-based layer index of each boundary (B of them).
+        device: where the device-side accumulators live.
+    """
+
+    def __init__(self, layers: Sequence[int], device: torch.device):
+        self.layers = list(layers)
+        num_boundaries = len(self.layers)
+        # Per step.
+        self.recon_err_sum = torch.zeros(num_boundaries, dtype=TELEMETRY_DTYPE, device=device)  # (B,)
+        self.recon_count = [0] * num_boundaries
+        self.codec_sent = 0
+        self.codec_dense = 0
+        self.q_bcast_sent = 0
+        # Current / cumulative.
+        self.q_cond = torch.ones(num_boundaries, dtype=TELEMETRY_DTYPE, device=device)  # (B,)
+        self.q_updates = 0
+        self.activations = 0
+
+    def to(self, device: torch.device) -> "CodecTelemetry":
+        """Move the device-side accumulators to ``device``."""
+        self.recon_err_sum = self.recon_err_sum.to(device)
+        self.q_cond = self.q_cond.to(device)
+        return self
+
+    # ---- recording (no host sync) --------------------------------------------------------
+    def record_recon_err(self, boundary: int, err: torch.Tensor) -> None:
+        """Add one projected forward's ‖h − hQQᵀ‖/‖h‖ (0-d device tensor) at ``boundary``."""
+        self.recon_err_sum[boundary] += err
+        self.recon_count[boundary] += 1
+
+    def record_wire(self, tokens: int, rank: int, hidden: int, element_size: int) -> None:
+        """One boundary crossing in one direction: tokens × r sent instead of tokens × H."""
+        self.codec_sent += tokens * rank * element_size
+        self.codec_dense += tokens * hidden * element_size
+
+    def record_observed(self, tokens: int) -> None:
+        """``tokens`` activation rows were folded into a boundary's sketch."""
+        self.activations += tokens
+
+    def record_q_bcast(self, num_bytes: int) -> None:
+        """A refresh broadcast ``num_bytes`` of new bases."""
+        self.q_bcast_sent += num_bytes
+
+    def record_q_update(self, q_cond: torch.Tensor) -> None:
+        """A staged basis went live; ``q_cond`` is its (B,) conditioning."""
+        self.q_updates += 1
+        self.q_cond = q_cond.to(device=self.q_cond.device, dtype=TELEMETRY_DTYPE)
+
+    # ---- once per step ---------------------------------------------------------------------
+    def metrics(self) -> dict[str, float]:
+        """The flat ``commeff/`` dict for this step (one device→host read); resets the per-step parts."""
+        values = torch.cat([self.recon_err_sum, self.q_cond]).tolist()  # the one host sync
+        num_boundaries = len(self.layers)
+        out: dict[str, float] = {}
+        for b, layer in enumerate(self.layers):
+            if self.recon_count[b] > 0:
+                out[f"{CODEC_PREFIX}recon_err/layer_{layer}"] = values[b] / self.recon_count[b]
+            out[f"{CODEC_PREFIX}q_cond/layer_{layer}"] = values[num_boundaries + b]
+        out[f"{CODEC_PREFIX}q_updates"] = self.q_updates
+        out[f"{CODEC_PREFIX}activations"] = self.activations
+        out[f"{BYTES_PREFIX}codec_sent"] = self.codec_sent
+        out[f"{BYTES_PREFIX}codec_dense"] = self.codec_dense
+        out[f"{BYTES_PREFIX}q_bcast_sent"] = self.q_bcast_sent
+        self._reset_step()
+        return out
+
+    def _reset_step(self) -> None:
+        self.recon_err_sum.zero_()
+        self.recon_count = [0] * len(self.layers)
+        self.codec_sent = self.codec_dense = self.q_bcast_sent = 0
+
+    # ---- checkpointing ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything, per-step parts included (tensors cloned)."""
+        return {
+            "recon_err_sum": self.recon_err_sum.clone(),
+            "recon_count": list(self.recon_count),
+            "codec_sent": self.codec_sent,
+            "codec_dense": self.codec_dense,
+            "q_bcast_sent": self.q_bcast_sent,
+            "q_cond": self.q_cond.clone(),
+            "q_updates": self.q_updates,
+            "activations": self.activations,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output (tensors land on the current device)."""
+        num_boundaries = len(self.layers)
+        for key in ("recon_err_sum", "q_cond"):
+            if tuple(state[key].shape) != (num_boundaries,):
+                raise ValueError(f"codec telemetry state {key} has shape {tuple(state[key].shape)}, "
+                                 f"expected ({num_boundaries},)")
+        device = self.recon_err_sum.device
+        self.recon_err_sum = state["recon_err_sum"].to(device=device, dtype=TELEMETRY_DTYPE).clone()
+        self.q_cond = state["q_cond"].to(device=device, dtype=TELEMETRY_DTYPE).clone()
+        self.recon_count = [int(c) for c in state["recon_count"]]
+        self.codec_sent = int(state["codec_sent"])
+        self.codec_dense = int(state["codec_dense"])
+        self.q_bcast_sent = int(state["q_bcast_sent"])
+        self.q_updates = int(state["q_updates"])
+        self.activations = int(state["activations"])
