@@ -78,11 +78,22 @@ def test_missing_path_is_a_report_error(tmp_path):
         read_metrics(tmp_path / "nope.jsonl")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_path_is_a_report_error(tmp_path):
+def test_unreadable_path_is_a_report_error(tmp_path, monkeypatch):
+    # chmod 0 does not stop root (CI runs as root): make the OS refuse instead.
     path = write_jsonl(RECORDS, tmp_path / "run.jsonl")
-    path.chmod(0)
+    monkeypatch.setattr(os, "access", lambda p, mode: False)
     with pytest.raises(ReportError, match="permission denied"):
+        read_metrics(path)
+
+
+def test_read_failure_is_a_report_error(tmp_path, monkeypatch):
+    path = write_jsonl(RECORDS, tmp_path / "run.jsonl")
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(path), "open", refuse)
+    with pytest.raises(ReportError, match=r"cannot read run .*run.jsonl as .*Permission denied"):
         read_metrics(path)
 
 
