@@ -1,0 +1,149 @@
+"""The actor's per-tick circuit on a plain (unwrapped) tiny Qwen2: clock, codec passes, anchor inbox, merge."""
+
+import math
+
+import pytest
+import torch
+
+from tests.codec.tiny import HIDDEN, tiny_qwen2, token_batch
+from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
+from verl_commeff.workers.actor_state import AnchorResult, CommEffActorState, ReadyResult
+
+
+class NotYet:
+    """A pending result that never finishes (free mode must not wait for it)."""
+
+    def __init__(self, fire_tick):
+        self.fire_tick = fire_tick
+
+    def get(self, timeout):
+        assert timeout == 0, "free mode must poll, never wait"
+        return None
+
+
+def make_state(sync="strict", q_source="fast", rank=8, delay_k=2, cadence=2):
+    cfg = CommEffConfig(
+        codec=CodecConfig(rank=rank, pp_size=2, q_source=q_source),
+        anchor=AnchorConfig(delay_k=delay_k, cadence=cadence, sync=sync),
+        merger=MergerConfig(alpha=0.25),
+    )
+    model = tiny_qwen2(num_layers=4)
+    return CommEffActorState(cfg, ticks_per_step=2, model=model, hidden_size=HIDDEN, num_layers=4), model
+
+
+def train_tick(state, model, seed):
+    tick = state.begin_tick()
+    model.zero_grad()
+    with state.pass_scope("train"):
+        model(token_batch(seed=seed)).logits.square().mean().backward()
+    grads = [p.grad for _, p in state.targets]
+    before = [g.clone() for g in grads]
+    return tick, grads, before
+
+
+def anchor_signal(state, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(p.shape, generator=g) for _, p in state.targets]
+
+
+def test_targets_are_the_seven_projections_of_every_layer():
+    state, _ = make_state()
+    names = [n for n, _ in state.targets]
+    assert len(names) == 4 * 7 and names[0] == "model.layers.0.self_attn.q_proj.weight"
+
+
+def test_strict_schedule_cold_then_signed_ema_with_anchor_sign():
+    state, model = make_state()
+    tick, grads, before = train_tick(state, model, seed=1)
+    state.before_optimizer_step(grads)  # tick 1: no fire, nothing held -> cold
+    assert tick == 1 and all(torch.equal(a, b) for a, b in zip(grads, before))
+
+    m_bar = anchor_signal(state, seed=7)
+    state.offer(ReadyResult(AnchorResult(fire_tick=2, source_tick=1, m_bar=m_bar)))  # warm-up fire replays tick 1
+    tick, grads, before = train_tick(state, model, seed=2)
+    state.before_optimizer_step(grads)
+    assert tick == 2
+    for g_new, g, m in zip(grads, before, m_bar):
+        expected = 0.25 * g + 0.75 * g.abs() * torch.where(m >= 0, 1.0, -1.0)
+        torch.testing.assert_close(g_new, expected, rtol=1e-6, atol=1e-12)
+
+    metrics = state.metrics()
+    assert metrics["commeff/tick"] == 2 and metrics["commeff/merger/cold_ticks"] == 1
+    assert metrics["commeff/anchor/fires_used"] == 1 and metrics["commeff/anchor/age"] == 1
+    assert math.isclose(metrics["commeff/merger/lambda"], 1.0)
+    assert all(math.isfinite(v) for v in metrics.values())
+
+
+def test_strict_refuses_a_missing_fire():
+    state, model = make_state()
+    for seed in (1, 2):
+        _, grads, _ = train_tick(state, model, seed)
+        if state.clock.tick == 2:
+            with pytest.raises(RuntimeError, match="no anchor job was submitted for fire tick 2"):
+                state.before_optimizer_step(grads)
+        else:
+            state.before_optimizer_step(grads)
+
+
+def test_free_takes_the_newest_finished_due_result_and_never_waits():
+    state, model = make_state(sync="free", delay_k=0, cadence=1)
+    old, new = anchor_signal(state, 3), anchor_signal(state, 4)
+    state.offer(ReadyResult(AnchorResult(1, 1, old)))
+    state.offer(ReadyResult(AnchorResult(2, 2, new)))
+    state.offer(NotYet(3))
+    _, grads, _ = train_tick(state, model, seed=1)
+    state.before_optimizer_step(grads)  # tick 1: only fire 1 is due
+    _, grads, before = train_tick(state, model, seed=2)
+    state.before_optimizer_step(grads)  # tick 2: fire 2 is due and done; fire 3 is not due
+    for g_new, g, m in zip(grads, before, new):
+        torch.testing.assert_close(g_new, 0.25 * g + 0.75 * g.abs() * torch.where(m >= 0, 1.0, -1.0))
+    _, grads, before = train_tick(state, model, seed=3)
+    state.before_optimizer_step(grads)  # tick 3: fire 3 not finished -> keep holding fire 2's M̄
+    for g_new, g, m in zip(grads, before, new):
+        torch.testing.assert_close(g_new, 0.25 * g + 0.75 * g.abs() * torch.where(m >= 0, 1.0, -1.0))
+
+
+def test_anchor_sketch_refreshes_q_which_goes_live_only_at_the_step_boundary():
+    state, model = make_state(q_source="anchor")
+    live_before = state.codec.live_basis.clone()
+    sketch = torch.randn(1, HIDDEN, 8, generator=torch.Generator().manual_seed(5))  # (B=1, H, r)
+    m_bar = anchor_signal(state, 6)
+    state.offer(ReadyResult(AnchorResult(2, 1, m_bar, sketch=sketch)))
+    for seed in (1, 2):
+        _, grads, _ = train_tick(state, model, seed)
+        state.before_optimizer_step(grads)
+    assert torch.equal(state.codec.live_basis, live_before)  # staged, not live mid-step
+    assert state.at_step_boundary()
+    q, r = torch.linalg.qr(sketch[0])
+    expected = q * torch.sign(torch.diagonal(r))  # independent orth with diag(R) >= 0
+    torch.testing.assert_close(state.codec.live_basis[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_codec_is_live_on_train_and_old_log_prob_only():
+    state, model = make_state(rank=4)
+    ids = token_batch(seed=9)
+    with torch.no_grad():
+        plain = model(ids).logits
+        for name, projected in (("train", True), ("old_log_prob", True), ("ref", False)):
+            with state.pass_scope(name):
+                out = model(ids).logits
+            assert torch.equal(out, plain) != projected, name
+
+
+def test_state_dict_round_trip():
+    state, model = make_state()
+    m_bar = anchor_signal(state, 7)
+    state.offer(ReadyResult(AnchorResult(2, 1, m_bar)))
+    for seed in (1, 2):
+        _, grads, _ = train_tick(state, model, seed)
+        state.before_optimizer_step(grads)
+    saved = state.state_dict()
+    other, other_model = make_state()
+    other_model.load_state_dict(model.state_dict())
+    other.load_state_dict(saved)
+    a = train_tick(state, model, 3)
+    b = train_tick(other, other_model, 3)
+    state.before_optimizer_step(a[1])
+    other.before_optimizer_step(b[1])
+    assert a[0] == b[0] == 3
+    assert all(torch.equal(x, y) for x, y in zip(a[1], b[1]))

@@ -1,0 +1,239 @@
+"""The actor side of the comm-eff circuit, one tick at a time (SPEC §1–4).
+
+:class:`CommEffActorState` is what the actor's FSDP engine carries: the tick clock, the
+boundary codec installed on the model, the merger, the anchor results waiting to be
+used, and the telemetry. It holds no verl object, so it is tested on plain modules; the
+engine mixin (:mod:`verl_commeff.workers.engine`) calls it at four points:
+
+1. ``begin_tick()`` when a PPO mini-batch starts (``train_batch``): the clock advances;
+2. ``pass_scope("train" | "old_log_prob" | "ref")`` around the engine's forwards;
+3. ``before_optimizer_step(grads)`` after backward and FSDP's reduction, before
+   clipping: takes the anchor result due at this tick, refreshes Q when due, merges;
+4. ``at_step_boundary()`` before the next step's old-log-prob pass: a staged Q goes live.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Protocol, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from verl_commeff.clock import TickClock
+from verl_commeff.mergers import build_merger
+from verl_commeff.mergers.base import HeldSignal
+from verl_commeff.schedule import FireSchedule
+
+if TYPE_CHECKING:
+    from verl_commeff.config import CommEffConfig
+
+__all__ = ["AnchorResult", "CommEffActorState", "PendingResult", "ReadyResult", "select_targets"]
+
+
+@dataclass
+class AnchorResult:
+    """What one anchor fire returns to the actor.
+
+    Args:
+        fire_tick: the tick the result is for.
+        source_tick: the tick whose mini-batch was replayed.
+        m_bar: M̄ after this fire, laid out like this rank's target gradients (or packed signs).
+        sketch: the anchor's Q sketch (B, H, r), already summed over the anchor's ranks, or
+            None when Q is not refreshed from the anchor.
+    """
+
+    fire_tick: int
+    source_tick: int
+    m_bar: HeldSignal
+    sketch: Optional[torch.Tensor] = None
+
+
+class PendingResult(Protocol):
+    """An anchor result that may still be computing (a Ray future, or a ready value)."""
+
+    fire_tick: int
+
+    def get(self, timeout: Optional[float]) -> Optional[AnchorResult]:
+        """The result; ``None`` if it is not ready within ``timeout`` seconds (None = wait)."""
+
+
+class ReadyResult:
+    """A :class:`PendingResult` that is already there."""
+
+    def __init__(self, result: AnchorResult):
+        self.fire_tick = result.fire_tick
+        self._result = result
+
+    def get(self, timeout: Optional[float]) -> Optional[AnchorResult]:
+        return self._result
+
+
+def _strip_wrappers(name: str) -> str:
+    for wrapper in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod."):
+        name = name.replace(wrapper, "")
+    return name
+
+
+def select_targets(model: nn.Module, suffixes: Sequence[str]) -> list[tuple[str, nn.Parameter]]:
+    """The anchor's target matrices: ``<...>.<suffix>.weight`` parameters, in model order.
+
+    Raises:
+        ValueError: no parameter matches (the model has other module names).
+    """
+    wanted = tuple(f".{s}.weight" for s in suffixes)
+    targets = [(_strip_wrappers(n), p) for n, p in model.named_parameters() if _strip_wrappers(n).endswith(wanted)]
+    if not targets:
+        raise ValueError(
+            f"commeff.anchor.targets={list(suffixes)} matches no parameter of {type(model).__name__}; "
+            f"parameter names look like {[n for n, _ in list(model.named_parameters())[:3]]}"
+        )
+    return targets
+
+
+class CommEffActorState:
+    """Clock, codec, merger and anchor inbox of one actor rank.
+
+    Args:
+        cfg: the whole ``commeff`` config.
+        ticks_per_step: optimizer steps per global step.
+        model: the actor's (FSDP-wrapped) root module; the codec hooks its decoder layers.
+        hidden_size, num_layers: of the model (for the codec).
+        dp_group: the data-parallel group (codec sketch sum, merger statistics for FSDP1
+            shards); None = the world.
+    """
+
+    def __init__(
+        self,
+        cfg: "CommEffConfig",
+        ticks_per_step: int,
+        model: nn.Module,
+        hidden_size: int,
+        num_layers: int,
+        dp_group: Optional[dist.ProcessGroup] = None,
+    ):
+        from verl_commeff.codec import BoundaryCodec
+
+        self.cfg = cfg
+        self.schedule = FireSchedule(cfg.anchor.delay_k, cfg.anchor.cadence, ticks_per_step, cfg.q_cadence)
+        self.clock = TickClock(ticks_per_step)
+        self.codec = None
+        if cfg.codec.enable:
+            self.codec = BoundaryCodec(cfg.codec, hidden_size, num_layers, process_group=dp_group).install(model)
+        self.merger = build_merger(cfg.merger, process_group=dp_group)
+        self.targets = select_targets(model, cfg.anchor.targets)
+        self._inbox: dict[int, PendingResult] = {}
+        self._wait_s = 0.0  # actor wait for anchor results this step
+        self._fires_used = 0
+        self._age_sum = 0
+        self._age_n = 0
+
+    # ---- passes ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def pass_scope(self, name: str) -> Iterator[None]:
+        """Run the enclosed forwards as codec pass ``name`` (no-op without a codec)."""
+        if self.codec is None:
+            yield
+        else:
+            with self.codec.pass_scope(name):
+                yield
+
+    # ---- the tick ----------------------------------------------------------------------
+    def begin_tick(self) -> int:
+        """Advance the clock by one optimizer step (starting the next global step if due)."""
+        if self.clock.tick == self.clock.step * self.clock.ticks_per_step:
+            self.clock.begin_step()
+        return self.clock.advance()
+
+    def at_step_boundary(self) -> bool:
+        """Make a staged Q live (before the next old-log-prob pass); True if one went live."""
+        return self.codec is not None and self.codec.activate_staged()
+
+    def offer(self, pending: PendingResult) -> None:
+        """Hand over an anchor result (or its future) for fire ``pending.fire_tick``."""
+        if not self.schedule.fires_at(pending.fire_tick):
+            raise ValueError(f"anchor result for tick {pending.fire_tick}, which is not a fire tick")
+        self._inbox[pending.fire_tick] = pending
+
+    def _take_result(self, tick: int) -> Optional[AnchorResult]:
+        """The anchor result to hold at ``tick`` per ``anchor.sync`` (None: keep the held one)."""
+        if self.cfg.anchor.sync == "strict":
+            if not self.schedule.fires_at(tick):
+                return None
+            pending = self._inbox.pop(tick, None)
+            if pending is None:
+                raise RuntimeError(
+                    f"sync=strict: no anchor job was submitted for fire tick {tick} "
+                    f"(inbox: {sorted(self._inbox)}); the trainer must submit fires at the start of their source step"
+                )
+            start = time.perf_counter()
+            result = pending.get(timeout=None)
+            self._wait_s += time.perf_counter() - start
+            return result
+        # sync=free: the newest finished fire that is due; older finished ones are dropped.
+        newest = None
+        for fire in sorted(t for t in self._inbox if t <= tick):
+            result = self._inbox[fire].get(timeout=0)
+            if result is not None:
+                del self._inbox[fire]
+                newest = result
+        return newest
+
+    def before_optimizer_step(self, grads: Sequence[torch.Tensor]) -> None:
+        """Take the due anchor result, refresh Q when due, and merge ``grads`` in place.
+
+        Args:
+            grads: this rank's gradients of :attr:`targets`, in order, after FSDP's reduction.
+        """
+        tick = self.clock.tick
+        # Step 1: the anchor result due at this tick becomes the held M̄ (and maybe Q's sketch).
+        result = self._take_result(tick) if self.cfg.anchor.enable else None
+        if result is not None:
+            self.merger.hold(result.m_bar, produced_tick=result.fire_tick, source_tick=result.source_tick)
+            self._fires_used += 1
+            self._age_sum += tick - result.source_tick
+            self._age_n += 1
+        # Step 2: stage a refreshed Q when due (live at the next step boundary).
+        if self.codec is not None and self.schedule.q_refresh_at(tick):
+            if self.cfg.codec.q_source == "fast":
+                self.codec.refresh()
+            elif result is not None and result.sketch is not None:
+                self.codec.refresh(result.sketch, reduce=False)
+        # Step 3: merge.
+        self.merger.apply_(grads, tick)
+
+    # ---- telemetry ---------------------------------------------------------------------
+    def metrics(self) -> dict[str, float]:
+        """This step's ``commeff/*`` metrics (one host sync per step)."""
+        out = dict(self.merger.metrics())
+        if self.codec is not None:
+            out.update(self.codec.metrics())
+        out["commeff/tick"] = float(self.clock.tick)
+        out["commeff/anchor/wait_s"] = self._wait_s
+        out["commeff/anchor/fires_used"] = float(self._fires_used)
+        if self._age_n:
+            out["commeff/anchor/age"] = self._age_sum / self._age_n
+        self._wait_s, self._age_sum, self._age_n = 0.0, 0, 0
+        return out
+
+    # ---- checkpointing -----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Clock, codec and merger state (pending anchor results are resubmitted from the ring)."""
+        return {
+            "clock": self.clock.state_dict(),
+            "codec": None if self.codec is None else self.codec.state_dict(),
+            "merger": self.merger.state_dict(),
+            "fires_used": self._fires_used,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.clock.load_state_dict(state["clock"])
+        if (state["codec"] is None) != (self.codec is None):
+            raise ValueError("checkpoint and config disagree on commeff.codec.enable")
+        if self.codec is not None:
+            self.codec.load_state_dict(state["codec"])
+        self.merger.load_state_dict(state["merger"])
+        self._fires_used = state["fires_used"]
