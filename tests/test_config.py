@@ -117,3 +117,17 @@ def test_yaml_node_matches_the_dataclasses_and_documents_every_field():
     check(AnchorConfig, node.anchor, 2)
     check(MergerConfig, node.merger, 2)
     check(AdaptiveLambdaConfig, node.merger.adaptive, 4)
+
+
+def test_to_commeff_config_from_yaml_node_and_unknown_keys():
+    from omegaconf import OmegaConf
+
+    from verl_commeff.config import to_commeff_config
+
+    node = OmegaConf.create({"_target_": "x", "codec": {"rank": 16, "q_source": "fast"}, "merger": {"adaptive": {"cap": 0.5}}})
+    cfg = to_commeff_config(node)
+    assert cfg.codec.rank == 16 and cfg.merger.adaptive.cap == 0.5
+    with pytest.raises(CommEffConfigError, match=r"commeff.anchor.delay is not a knob: commeff.anchor has \[.*'delay_k'"):
+        to_commeff_config({"anchor": {"delay": 3}})
+    with pytest.raises(CommEffConfigError, match="commeff.merger.adaptive.mode='x'"):
+        to_commeff_config({"merger": {"adaptive": {"mode": "x"}}})

@@ -42,6 +42,9 @@ def compose_ppo_config(model_dir: str, strategy: str = "fsdp", mini_batch: int =
         "actor_rollout_ref.rollout.n=1",
         "actor_rollout_ref.actor.use_torch_compile=False",
         "actor_rollout_ref.actor.fsdp_config.use_torch_compile=False",
+        "actor_rollout_ref.ref.fsdp_config.use_torch_compile=False",
+        "+actor_rollout_ref.ref.fsdp_config.mixed_precision="
+        "{param_dtype: fp32, reduce_dtype: fp32, buffer_dtype: fp32}",
         "actor_rollout_ref.actor.optim.lr=1e-3",
         "actor_rollout_ref.actor.optim.total_training_steps=10",
         "actor_rollout_ref.actor.use_kl_loss=False",

@@ -31,6 +31,7 @@ __all__ = [
     "CommEffConfigError",
     "MergerConfig",
     "check_against_model",
+    "to_commeff_config",
 ]
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -265,3 +266,43 @@ def check_against_model(codec: CodecConfig, hidden_size: int, num_layers: int) -
     """
     _check_int("commeff.codec.rank", codec.rank, 1, hidden_size)
     _check_int("commeff.codec.pp_size", codec.pp_size, 2, num_layers)
+
+
+def _from_mapping(cls: type, node: dict, path: str) -> Any:
+    """Build config dataclass ``cls`` from a plain mapping, naming unknown keys."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "_target_"}
+    unknown = sorted(set(node) - set(fields) - {"_target_"})
+    if unknown:
+        raise CommEffConfigError(f"{path}.{unknown[0]} is not a knob: {path} has {sorted(fields)}")
+    kwargs = {}
+    for name, value in node.items():
+        if name == "_target_":
+            continue
+        nested = _NESTED.get((cls, name))
+        kwargs[name] = _from_mapping(nested, value, f"{path}.{name}") if nested and isinstance(value, dict) else value
+    return cls(**kwargs)
+
+
+_NESTED = {
+    (CommEffConfig, "codec"): CodecConfig,
+    (CommEffConfig, "anchor"): AnchorConfig,
+    (CommEffConfig, "merger"): MergerConfig,
+    (MergerConfig, "adaptive"): AdaptiveLambdaConfig,
+}
+
+
+def to_commeff_config(node: Any) -> CommEffConfig:
+    """A validated ``CommEffConfig`` from the yaml node (DictConfig or dict).
+
+    Raises:
+        CommEffConfigError: an unknown key (naming the valid ones) or an invalid value.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(node, dict):
+        raise CommEffConfigError(f"commeff config must be a mapping, got {type(node).__name__}")
+    return _from_mapping(CommEffConfig, node, "commeff")

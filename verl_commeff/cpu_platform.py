@@ -21,7 +21,11 @@ On the CPU platform, :func:`install_engine_support` additionally
   2. FSDP1 refuses ``sync_module_states=True`` for CPU parameters, and verl always passes
      it while building non-rank-0 modules on the meta device (relying on that broadcast).
      On CPU every rank loads the real checkpoint (identical parameters) and the
-     broadcast is turned off.
+     broadcast is turned off. verl also forces FSDP1's ``CPUOffload`` on forward-only
+     (reference) models; offloading moves parameters to an accelerator for compute, which
+     does not exist here, and they already live in host memory, so it is dropped. For
+     FSDP2 verl forces ``CPUOffloadPolicy(pin_memory=True)`` on them, and pinning needs an
+     accelerator: the policy is kept without pinning.
 """
 
 from __future__ import annotations
@@ -194,7 +198,7 @@ def install_engine_support() -> None:
     os.environ.setdefault("VERL_ENGINE_DEVICE", "cuda")
     os.environ.setdefault("VERL_ENGINE_VENDOR", "nvidia")
     _patch_process_group_backend()
-    _patch_fsdp1_module_sync()
+    _patch_fsdp_for_host_memory()
     _engine_support_installed = True
 
 
@@ -215,11 +219,11 @@ def _patch_process_group_backend() -> None:
         workers.initialize_global_process_group_ray = initialize_global_process_group_ray
 
 
-def _patch_fsdp1_module_sync() -> None:
-    """Patch 2 (see the module docstring): real weights on every rank, no FSDP1 broadcast."""
+def _patch_fsdp_for_host_memory() -> None:
+    """Patch 2 (see the module docstring): real weights on every rank, no broadcast, no offload to a device."""
     import warnings
 
-    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp import CPUOffloadPolicy, FullyShardedDataParallel
 
     with warnings.catch_warnings():  # verl lists every optional engine it cannot import (megatron, ...)
         warnings.filterwarnings("ignore", message=r".* engine is not available", category=UserWarning)
@@ -228,9 +232,15 @@ def _patch_fsdp1_module_sync() -> None:
     class FullyShardedDataParallelOnCPU(FullyShardedDataParallel):
         def __init__(self, module, *args, **kwargs):
             kwargs["sync_module_states"] = False
+            kwargs["cpu_offload"] = None
             super().__init__(module, *args, **kwargs)
 
+    class CPUOffloadPolicyWithoutPinning(CPUOffloadPolicy):
+        def __init__(self, pin_memory: bool = True):
+            super().__init__(pin_memory=False)
+
     transformer_impl.FSDP = FullyShardedDataParallelOnCPU
+    transformer_impl.CPUOffloadPolicy = CPUOffloadPolicyWithoutPinning
     transformer_impl.get_init_weight_context_manager = lambda use_meta_tensor=True, mesh=None: (
         lambda: torch.device("cpu")
     )

@@ -102,8 +102,11 @@ class CommEffActorState:
         ticks_per_step: optimizer steps per global step.
         model: the actor's (FSDP-wrapped) root module; the codec hooks its decoder layers.
         hidden_size, num_layers: of the model (for the codec).
-        dp_group: the data-parallel group (codec sketch sum, merger statistics for FSDP1
-            shards); None = the world.
+        dp_group: the group the codec's sketch is summed over (all ranks holding distinct
+            tokens); None = the world.
+        merger_group: the shard group the merger's statistics are reduced over for plain
+            local shards (FSDP1's process group); None for whole tensors or DTensors (their
+            mesh decides).
     """
 
     def __init__(
@@ -114,6 +117,7 @@ class CommEffActorState:
         hidden_size: int,
         num_layers: int,
         dp_group: Optional[dist.ProcessGroup] = None,
+        merger_group: Optional[dist.ProcessGroup] = None,
     ):
         from verl_commeff.codec import BoundaryCodec
 
@@ -123,7 +127,7 @@ class CommEffActorState:
         self.codec = None
         if cfg.codec.enable:
             self.codec = BoundaryCodec(cfg.codec, hidden_size, num_layers, process_group=dp_group).install(model)
-        self.merger = build_merger(cfg.merger, process_group=dp_group)
+        self.merger = build_merger(cfg.merger, process_group=merger_group)
         self.targets = select_targets(model, cfg.anchor.targets)
         self._inbox: dict[int, PendingResult] = {}
         self._wait_s = 0.0  # actor wait for anchor results this step

@@ -1,0 +1,195 @@
+"""The comm-eff engine inside verl's real actor worker (CPU, one gloo rank, FSDP1 and FSDP2)."""
+
+import pytest
+import torch
+
+from tests.verl_harness import compose_ppo_config, init_single_process_world, make_ppo_batch
+from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
+from verl_commeff.workers.actor_state import AnchorResult, ReadyResult
+
+STRATEGIES = ["fsdp", "fsdp2"]
+HIDDEN = 64  # the tiny preset's hidden size
+
+
+def _worker(cls, model_dir, strategy, role="actor", extra=()):
+    init_single_process_world()
+    if strategy == "fsdp":
+        extra = (*extra, "actor_rollout_ref.actor.fsdp_config.use_orig_params=True")
+    worker = cls(compose_ppo_config(model_dir, strategy, extra=extra).actor_rollout_ref, role=role)
+    worker.init_model()
+    return worker
+
+
+def _stock(model_dir, strategy, role="actor", extra=()):
+    from verl.workers.engine_workers import ActorRolloutRefWorker
+
+    return _worker(ActorRolloutRefWorker, model_dir, strategy, role, extra)
+
+
+def _commeff(model_dir, strategy, cfg=None, role="actor", extra=()):
+    from verl_commeff.workers.actor_worker import CommEffActorRolloutRefWorker
+
+    worker = _worker(CommEffActorRolloutRefWorker, model_dir, strategy, role, extra)
+    if cfg is not None:
+        worker.commeff_setup(cfg, ticks_per_step=1)
+    return worker
+
+
+def _log_probs(worker, batch, ref=False):
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
+
+    td = left_right_2_no_padding(batch.to_tensordict())
+    tu.assign_non_tensor(td, calculate_entropy=False, compute_loss=False)
+    out = worker.compute_ref_log_prob(td) if ref else worker.compute_log_prob(td)
+    return no_padding_2_padding(tu.get(out, "log_probs"), td).float()  # (B, R)
+
+
+def _update(worker, batch):
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.utils.padding import left_right_2_no_padding
+
+    td = left_right_2_no_padding(batch.to_tensordict())
+    tu.assign_non_tensor(td, calculate_entropy=False, global_batch_size=4, mini_batch_size=4, epochs=1, seed=1,
+                         dataloader_kwargs={"shuffle": False}, compute_loss=True)
+    return tu.get(worker.update_actor(td), "metrics")
+
+
+def _params(worker):
+    return [p.detach().clone() for p in worker.actor.engine.module.parameters()]
+
+
+def _run_steps(worker, steps=2):
+    """Old-log-prob pass then one update, per step; returns log-probs, metrics and final parameters."""
+    log_probs, metrics = [], []
+    for step in range(steps):
+        batch = make_ppo_batch(seed=step)
+        batch.batch["old_log_probs"] = _log_probs(worker, batch)
+        log_probs.append(batch.batch["old_log_probs"])
+        metrics.append(_update(worker, batch))
+    return log_probs, metrics, _params(worker)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_disabled_plugin_is_bit_identical_to_stock(strategy, tiny_model_dir):
+    stock = _run_steps(_stock(tiny_model_dir, strategy))
+    for cfg in (None, CommEffConfig(enable=False)):
+        lp, metrics, params = _run_steps(_commeff(tiny_model_dir, strategy, cfg))
+        assert all(torch.equal(a, b) for a, b in zip(lp, stock[0]))
+        for m, s in zip(metrics, stock[1]):
+            assert m["grad_norm"] == s["grad_norm"] and m["loss"] == s["loss"]
+            assert not any(k.startswith("commeff/") for k in m)
+        assert all(torch.equal(a, b) for a, b in zip(params, stock[2]))
+
+
+def _codec_only(rank):
+    return CommEffConfig(
+        codec=CodecConfig(rank=rank, pp_size=2, q_source="fast", q_cadence=1000),
+        anchor=AnchorConfig(enable=False),
+        merger=MergerConfig(name="none"),
+    )
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_lossless_codec_equals_stock(strategy, tiny_model_dir):
+    stock = _run_steps(_stock(tiny_model_dir, strategy))
+    lp, metrics, params = _run_steps(_commeff(tiny_model_dir, strategy, _codec_only(rank=HIDDEN)))
+    for a, b in zip(lp, stock[0]):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-5)
+    for a, b in zip(params, stock[2]):
+        # Adam (lr 1e-3) turns rounding-level gradient differences on near-zero gradients into
+        # up to ~lr/30 steps; a lossy codec moves parameters by ~lr.
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+    assert metrics[-1]["commeff/tick"] == [2.0]  # worker metrics are per-rank lists
+    assert metrics[-1]["commeff/codec/recon_err/layer_1"][0] < 1e-3  # r = H reconstructs h
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_compressed_codec_projects_train_and_old_log_prob_not_ref(strategy, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    batch = make_ppo_batch(seed=0)
+    b = batch.batch
+    hf = AutoModelForCausalLM.from_pretrained(tiny_model_dir, torch_dtype=torch.float32, attn_implementation="sdpa")
+    with torch.no_grad():
+        logits = hf(b["input_ids"], attention_mask=b["attention_mask"], position_ids=b["position_ids"]).logits
+    r = b["responses"].shape[1]
+    plain = torch.log_softmax(logits[:, -r - 1 : -1], -1).gather(-1, b["responses"].unsqueeze(-1)).squeeze(-1)
+    mask = b["response_mask"].bool()
+
+    actor = _commeff(tiny_model_dir, strategy, _codec_only(rank=4))
+    old = _log_probs(actor, batch)
+    assert (old - plain)[mask].abs().max() > 1e-3  # the old-log-prob pass is projected
+    metrics = _update(actor, batch.union(type(batch).from_single_dict({"old_log_probs": old})))
+    assert metrics["commeff/bytes/codec_sent"][0] < metrics["commeff/bytes/codec_dense"][0]  # train pass projected
+
+    ref = _commeff(tiny_model_dir, strategy, role="ref")
+    torch.testing.assert_close(_log_probs(ref, batch, ref=True)[mask], plain[mask], rtol=0, atol=1e-5)
+
+
+class _GradsAtStep:
+    """The gradients the optimizer steps with, captured by an optimizer pre-step hook."""
+
+    def __init__(self, worker):
+        self.grads = []
+        engine = worker.actor.engine
+        self.names = [n for n, _ in engine.module.named_parameters()]
+        engine.optimizer.register_step_pre_hook(self._hook)
+
+    def _hook(self, optimizer, args, kwargs):
+        self.grads.append({id(p): p.grad.detach().clone() for g in optimizer.param_groups for p in g["params"]})
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_merged_gradient_is_the_library_merger_of_the_stock_gradient(strategy, tiny_model_dir):
+    from verl_commeff.mergers import build_merger
+
+    cfg = CommEffConfig(
+        codec=CodecConfig(enable=False, q_source="fast"),
+        anchor=AnchorConfig(delay_k=0, cadence=1),
+        merger=MergerConfig(alpha=0.25, age_decay=0.9),
+    )
+    # verl clips after the merger, by the merged gradient's norm: compare unclipped, check the norm separately
+    no_clip = ("actor_rollout_ref.actor.optim.clip_grad=1e9",)
+    stock = _stock(tiny_model_dir, strategy, extra=no_clip)
+    actor = _commeff(tiny_model_dir, strategy, cfg, extra=no_clip)
+    stock_grads, actor_grads = _GradsAtStep(stock), _GradsAtStep(actor)
+
+    state = actor.actor.engine.commeff
+    g = torch.Generator().manual_seed(3)
+    m_bar = [torch.randn(p.shape, generator=g) for _, p in state.targets]
+    if strategy == "fsdp2":
+        from torch.distributed.tensor import distribute_tensor
+
+        m_bar = [distribute_tensor(m, p.device_mesh, p.placements) for m, (_, p) in zip(m_bar, state.targets)]
+    state.offer(ReadyResult(AnchorResult(fire_tick=1, source_tick=1, m_bar=m_bar)))
+
+    batch = make_ppo_batch(seed=0)
+    batch.batch["old_log_probs"] = _log_probs(stock, batch)
+    _update(stock, batch)
+    metrics = _update(actor, batch)
+
+    # independent expectation: the library merger, applied by hand to the stock reduced gradients
+    reference = build_merger(cfg.merger)
+    reference.hold(m_bar, produced_tick=1, source_tick=1)
+    stock_params = dict(stock.actor.engine.module.named_parameters())
+    target_ids = {id(p) for _, p in state.targets}
+    expected = [stock_grads.grads[0][id(stock_params[n])].clone() for n in _names(actor, state)]
+    reference.apply_(expected, tick=1)
+    actor_params = dict(actor.actor.engine.module.named_parameters())
+    for name, want in zip(_names(actor, state), expected):
+        torch.testing.assert_close(actor_grads.grads[0][id(actor_params[name])], want, rtol=1e-6, atol=1e-10)
+    non_targets = [n for n, p in actor_params.items() if id(p) not in target_ids]
+    for name in non_targets:  # everything else reaches the optimizer untouched
+        assert torch.equal(actor_grads.grads[0][id(actor_params[name])], stock_grads.grads[0][id(stock_params[name])])
+    assert metrics["commeff/merger/merged_ticks"][0] == 1 and metrics["commeff/merger/lambda"][0] == 1.0
+    # verl's grad_norm metric (and its clipping) sees the merged gradient
+    full = [g.full_tensor() if hasattr(g, "full_tensor") else g for g in actor_grads.grads[0].values()]
+    merged_norm = torch.sqrt(sum(g.double().pow(2).sum() for g in full)).item()
+    assert abs(metrics["grad_norm"][0] - merged_norm) < 1e-6 * merged_norm
+
+
+def _names(worker, state):
+    """Raw module names of the target parameters, in target order."""
+    by_id = {id(p): n for n, p in worker.actor.engine.module.named_parameters()}
+    return [by_id[id(p)] for _, p in state.targets]

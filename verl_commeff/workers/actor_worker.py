@@ -1,0 +1,54 @@
+"""The plugin's actor worker: verl's ``ActorRolloutRefWorker`` with the comm-eff engine.
+
+verl builds the actor's ``TrainingWorker`` from the class attribute
+``ActorRolloutRefWorker.actor_worker_cls``; the reference model is built from
+``ref_worker_cls`` and stays stock. :class:`CommEffTrainingWorker` swaps the class of the
+engine verl's ``EngineRegistry`` just built for the same class with
+:class:`~verl_commeff.workers.engine.CommEffEngineMixin` in front. The swap happens in
+``__init__``, before ``reset()`` builds the model, and adds no instance state, so verl's
+engine code runs unchanged.
+
+The trainer configures the actor after ``init_model`` with the ONE_TO_ALL call
+:meth:`CommEffActorRolloutRefWorker.commeff_setup`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from verl.single_controller.base.decorator import Dispatch, register
+from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker
+
+from verl_commeff.workers.engine import commeff_engine_class
+
+__all__ = ["CommEffActorRolloutRefWorker", "CommEffTrainingWorker"]
+
+
+class CommEffTrainingWorker(TrainingWorker):
+    """verl's ``TrainingWorker`` whose engine carries the comm-eff circuit."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        # One class swap on a freshly constructed engine (model not built yet): see the module docstring.
+        self.engine.__class__ = commeff_engine_class(type(self.engine))
+
+
+class CommEffActorRolloutRefWorker(ActorRolloutRefWorker):
+    """verl's hybrid actor/rollout/ref worker with the comm-eff actor."""
+
+    actor_worker_cls = CommEffTrainingWorker
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def commeff_setup(self, commeff_config: Any, ticks_per_step: int) -> None:
+        """Build the comm-eff state on every actor rank.
+
+        Args:
+            commeff_config: the ``commeff`` node (DictConfig/dict or a ``CommEffConfig``).
+            ticks_per_step: optimizer steps per global step (see :mod:`verl_commeff.clock`).
+        """
+        from verl_commeff.config import CommEffConfig, to_commeff_config
+
+        if self.actor is None:
+            raise RuntimeError(f"commeff_setup on a worker with role={self.role!r}: it has no actor")
+        cfg = commeff_config if isinstance(commeff_config, CommEffConfig) else to_commeff_config(commeff_config)
+        self.actor.engine.commeff_setup(cfg, ticks_per_step)
