@@ -44,12 +44,14 @@ class AnchorResult:
         m_bar: M̄ after this fire, laid out like this rank's target gradients (or packed signs).
         sketch: the anchor's Q sketch (B, H, r), already summed over the anchor's ranks, or
             None when Q is not refreshed from the anchor.
+        compute_s: seconds the anchor rank spent on the fire.
     """
 
     fire_tick: int
     source_tick: int
     m_bar: HeldSignal
     sketch: Optional[torch.Tensor] = None
+    compute_s: float = 0.0
 
 
 class PendingResult(Protocol):

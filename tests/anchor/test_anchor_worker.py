@@ -1,0 +1,81 @@
+"""The anchor worker's M against an independent dense gradient at the snapshot weights (in-process, CPU)."""
+
+import pytest
+import torch
+
+from tests.verl_harness import compose_ppo_config, init_single_process_world, make_ppo_batch
+from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig
+
+STRATEGIES = ["fsdp", "fsdp2"]
+
+
+def _config(model_dir, strategy):
+    extra = ("actor_rollout_ref.actor.fsdp_config.use_orig_params=True",) if strategy == "fsdp" else ()
+    return compose_ppo_config(model_dir, strategy, extra=extra).actor_rollout_ref
+
+
+def _minibatch(batch):
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.utils.padding import left_right_2_no_padding
+
+    batch.batch["old_log_probs"] = torch.zeros_like(batch.batch["advantages"])
+    td = left_right_2_no_padding(batch.to_tensordict())
+    tu.assign_non_tensor(td, calculate_entropy=False, global_batch_size=4, compute_loss=True)
+    return td
+
+
+def _dense_reference(model_dir, state_dict, batch, target_names):
+    """Plain HF + torch: token-mean GRPO policy gradient at ratio 1, −Σ A·log π / #tokens."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="sdpa")
+    model.load_state_dict(state_dict)
+    b = batch.batch
+    logits = model(b["input_ids"], attention_mask=b["attention_mask"], position_ids=b["position_ids"]).logits
+    r = b["responses"].shape[1]
+    log_probs = torch.log_softmax(logits[:, -r - 1 : -1], -1).gather(-1, b["responses"].unsqueeze(-1)).squeeze(-1)
+    mask = b["response_mask"].float()
+    loss = -(b["advantages"] * log_probs * mask).sum() / mask.sum()
+    loss.backward()
+    params = dict(model.named_parameters())
+    return [params[name].grad for name in target_names]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_anchor_m_is_the_dense_gradient_at_the_snapshot_weights(strategy, tiny_model_dir):
+    from verl.workers.engine_workers import ActorRolloutRefWorker
+
+    from verl_commeff.anchor.worker import AnchorWorker
+    from verl_commeff.workers.weight_shards import export_local_shards
+
+    init_single_process_world()
+    cfg = CommEffConfig(codec=CodecConfig(q_source="fast"), anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0))
+
+    # generator weights that differ from the checkpoint: an actor after one update
+    actor = ActorRolloutRefWorker(_config(tiny_model_dir, strategy), role="actor")
+    actor.init_model()
+    from tests.workers.test_engine import _log_probs, _update
+
+    warm = make_ppo_batch(seed=5)
+    warm.batch["old_log_probs"] = _log_probs(actor, warm)
+    _update(actor, warm)
+    snapshot = export_local_shards(actor.actor.engine.module)
+    full_state = {
+        n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+        for n, p in actor.actor.engine.module.named_parameters()
+    }
+    full_state = {n.replace("_fsdp_wrapped_module.", ""): t for n, t in full_state.items()}
+
+    anchor = AnchorWorker(_config(tiny_model_dir, strategy))
+    anchor.init_model()
+    anchor.anchor_setup(cfg, ticks_per_step=1)
+    batch = make_ppo_batch(seed=11)
+    result = anchor.anchor_fire(fire_tick=3, source_tick=3, minibatch=_minibatch(batch), snapshot=[snapshot])
+
+    names = [n for n, _ in anchor._anchor.targets]
+    expected = _dense_reference(tiny_model_dir, full_state, batch, names)
+    assert result.fire_tick == 3 and result.sketch is None and len(result.m_bar) == len(names) == 28
+    for name, got, want in zip(names, result.m_bar, expected):
+        torch.testing.assert_close(got.reshape(want.shape), want, rtol=1e-4, atol=1e-6, msg=name)
+    # the anchor never steps: its weights stay the snapshot's
+    assert all(torch.equal(a, b) for a, b in zip(export_local_shards(anchor.actor.engine.module), snapshot))

@@ -1,0 +1,1 @@
+"""The anchor: dense gradient at stale generator weights on the paired replay (SPEC §3)."""

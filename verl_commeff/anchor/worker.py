@@ -1,0 +1,169 @@
+"""The anchor worker: a verl actor worker that computes dense gradients at stale weights.
+
+:class:`AnchorWorker` is verl's ``ActorRolloutRefWorker`` in role ``actor`` with the
+stock engine (no codec projection, no optimizer step ever taken), built from the
+actor's own config, so its FSDP layout is the actor's and anchor rank r holds the shards
+actor rank r holds. One fire (:meth:`AnchorWorker.anchor_fire`), per rank:
+
+1. load the generator-weight snapshot of the replayed mini-batch (this rank's shards);
+2. take this rank's share of the global mini-batch and run verl's forward/backward with
+   the anchor loss (the actor's ``ppo_loss`` at ratio 1, :mod:`verl_commeff.anchor.loss`),
+   the forward observed by the anchor's codec when ``q_source=anchor``;
+3. M = the target matrices' gradients, mean-reduced over the anchor's ranks by FSDP;
+4. M̄ ← EMA(M) (:class:`~verl_commeff.mergers.anchor_ema.AnchorEMA`), kept here;
+5. at Q-refresh ticks: the sketch summed over the anchor's ranks, and the anchor's own Q
+   moved to orth(sketch) so the next sketch starts from the actor's new basis;
+6. return M̄ (this rank's shards, or packed sign bits) and the sketch.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import torch
+from verl.single_controller.base.decorator import Dispatch, register
+from verl.utils import tensordict_utils as tu
+from verl.workers.engine_workers import ActorRolloutRefWorker
+
+from verl_commeff.collectives import all_reduce_
+from verl_commeff.workers.actor_state import AnchorResult, select_targets
+from verl_commeff.workers.weight_shards import load_local_shards, resolve
+
+__all__ = ["AnchorWorker"]
+
+
+class AnchorWorker(ActorRolloutRefWorker):
+    """Holds θ_{t−K} snapshots on demand and returns M̄ per fire (see the module docstring)."""
+
+    def __init__(self, config, role: str = "actor", **kwargs):
+        if role != "actor":
+            raise ValueError(f"AnchorWorker role={role!r} is not valid: the anchor is an actor without rollout ('actor')")
+        super().__init__(config, role="actor", **kwargs)
+        self._anchor = None
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def anchor_setup(self, commeff_config: Any, ticks_per_step: int) -> None:
+        """Build the anchor's loss, codec observer and EMA (after ``init_model``)."""
+        from verl.utils.config import omega_conf_to_dataclass
+
+        from verl_commeff.anchor.loss import anchor_loss_fn
+        from verl_commeff.codec import BoundaryCodec
+        from verl_commeff.config import CommEffConfig, to_commeff_config
+        from verl_commeff.mergers.anchor_ema import AnchorEMA
+        from verl_commeff.schedule import FireSchedule
+
+        cfg = commeff_config if isinstance(commeff_config, CommEffConfig) else to_commeff_config(commeff_config)
+        engine = self.actor.engine
+        hf_config = engine.model_config.hf_config
+        codec = None
+        if cfg.codec.enable and cfg.codec.q_source == "anchor":
+            codec = BoundaryCodec(cfg.codec, hf_config.hidden_size, hf_config.num_hidden_layers).install(engine.module)
+        self._anchor = _AnchorState(
+            cfg=cfg,
+            schedule=FireSchedule(cfg.anchor.delay_k, cfg.anchor.cadence, ticks_per_step, cfg.q_cadence),
+            loss_fn=anchor_loss_fn(omega_conf_to_dataclass(self.config.actor)),
+            codec=codec,
+            ema=AnchorEMA(cfg.anchor.beta),
+            targets=select_targets(engine.module, cfg.anchor.targets),
+        )
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL, blocking=False)
+    def anchor_fire(self, fire_tick: int, source_tick: int, minibatch, snapshot: list) -> AnchorResult:
+        """One fire on this rank; see the module docstring for the steps.
+
+        Args:
+            fire_tick: the tick the actor needs the result at.
+            source_tick: the replayed mini-batch's tick.
+            minibatch: the whole global mini-batch (TensorDict in verl's no-padding layout,
+                with the non-tensor keys the actor's ``update_actor`` got: ``global_batch_size``,
+                ``temperature``, ...). Each rank takes its contiguous share.
+            snapshot: per anchor rank, that rank's weight shards (or a Ray ObjectRef to them).
+        """
+        state = self._anchor
+        if state is None:
+            raise RuntimeError("anchor_fire before anchor_setup")
+        engine = self.actor.engine
+        start = time.perf_counter()
+
+        # Step 1: the generator weights of the replayed mini-batch.
+        load_local_shards(engine.module, resolve(snapshot[self.rank]))
+
+        # Step 2: this rank's share of the mini-batch, through verl's forward/backward with the anchor loss.
+        data = _share(resolve(minibatch), engine.get_data_parallel_rank(), engine.get_data_parallel_size())
+        _inject_engine_keys(data, self.actor)
+        with engine.train_mode(disable_auto_offload=False):  # leaving train mode releases the gradients
+            engine.optimizer_zero_grad()
+            scope = state.codec.pass_scope("anchor") if state.codec is not None else _nullscope()
+            with scope:
+                engine.forward_backward_batch(data, state.loss_fn, forward_only=False)
+
+            # Step 3: M = the target gradients (this rank's shards, DP-mean-reduced by FSDP).
+            grads = [_local(p.grad) for _, p in state.targets]
+
+            # Step 4: M̄ ← EMA(M), kept on the anchor (AnchorEMA copies; the grads can go).
+            m_bar = state.ema.update_(grads)
+            state.fires += 1
+            engine.optimizer_zero_grad()
+
+        # Step 5: the Q sketch at Q-refresh ticks; the anchor's own Q follows the actor's.
+        sketch = None
+        if state.codec is not None and state.schedule.q_refresh_at(fire_tick):
+            sketch = state.codec.take_sketch()
+            all_reduce_(sketch)
+            state.codec.refresh(sketch, reduce=False)
+            state.codec.activate_staged()
+
+        # Step 6: M̄ (or its signs) back to the actor.
+        if state.cfg.anchor.transport == "sign":
+            from verl_commeff.mergers.sign_bits import pack_signs
+
+            held = pack_signs(m_bar)
+        else:
+            held = [m.detach().clone() for m in m_bar]
+        return AnchorResult(fire_tick, source_tick, held, sketch, compute_s=time.perf_counter() - start)
+
+
+class _AnchorState:
+    def __init__(self, cfg, schedule, loss_fn, codec, ema, targets):
+        self.cfg, self.schedule, self.loss_fn, self.codec, self.ema, self.targets = (
+            cfg, schedule, loss_fn, codec, ema, targets)
+        self.fires = 0
+
+
+class _nullscope:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _local(t: Optional[torch.Tensor]) -> torch.Tensor:
+    if t is None:
+        raise RuntimeError("anchor: a target parameter got no gradient (is it used by the forward?)")
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _share(data, dp_rank: int, dp_size: int):
+    """This DP rank's contiguous share of the global mini-batch (sizes must divide)."""
+    n = data.shape[0]
+    if n % dp_size != 0:
+        raise ValueError(f"anchor mini-batch of {n} samples does not split over {dp_size} anchor ranks")
+    per = n // dp_size
+    return tu.index_select_tensor_dict(data, torch.arange(dp_rank * per, (dp_rank + 1) * per))
+
+
+def _inject_engine_keys(data, training_worker) -> None:
+    """The engine keys verl's ``TrainingWorker.train_batch`` injects before the engine runs."""
+    engine = training_worker.engine
+    defaults = dict(
+        use_remove_padding=training_worker.model_config.get("use_remove_padding", False),
+        use_dynamic_bsz=engine.engine_config.use_dynamic_bsz,
+        max_token_len_per_gpu=engine.engine_config.max_token_len_per_gpu,
+        micro_batch_size_per_gpu=engine.engine_config.micro_batch_size_per_gpu,
+        use_fused_kernels=engine.engine_config.use_fused_kernels,
+    )
+    for key, value in defaults.items():
+        if key not in data.keys():
+            tu.assign_non_tensor(data, **{key: value})
