@@ -52,3 +52,41 @@ class CommEffActorRolloutRefWorker(ActorRolloutRefWorker):
             raise RuntimeError(f"commeff_setup on a worker with role={self.role!r}: it has no actor")
         cfg = commeff_config if isinstance(commeff_config, CommEffConfig) else to_commeff_config(commeff_config)
         self.actor.engine.commeff_setup(cfg, ticks_per_step)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def commeff_snapshot(self):
+        """This rank's generator-weight shards, put in Ray's object store; returns the ObjectRef.
+
+        Called by the trainer at the start of a step whose mini-batches the replay ring keeps
+        (before ``update_actor``), so the snapshot is the weights the rollout sampled with.
+        """
+        import ray
+
+        from verl_commeff.workers.weight_shards import export_local_shards
+
+        return ray.put(export_local_shards(self.actor.engine.module))
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def commeff_offer(self, fire_tick: int, result_refs: list) -> None:
+        """Hand fire ``fire_tick``'s anchor results (one ObjectRef per anchor rank) to this rank."""
+        if len(result_refs) != self.world_size:
+            raise ValueError(f"{len(result_refs)} anchor results for {self.world_size} actor ranks: the anchor "
+                             "worker group must have the actor's world size (its shards are the actor's)")
+        self.actor.engine.commeff.offer(RayPendingResult(fire_tick, result_refs[self.rank]))
+
+
+class RayPendingResult:
+    """An anchor result still in Ray: ``get(timeout=0)`` polls, ``get(None)`` waits."""
+
+    def __init__(self, fire_tick: int, ref):
+        self.fire_tick = fire_tick
+        self._ref = ref
+
+    def get(self, timeout):
+        import ray
+
+        if timeout is not None:
+            ready, _ = ray.wait([self._ref], timeout=timeout)
+            if not ready:
+                return None
+        return ray.get(self._ref)
