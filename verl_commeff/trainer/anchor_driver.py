@@ -1,0 +1,136 @@
+"""The trainer's side of the anchor: which fires to submit when, with what, and to whom (SPEC §3).
+
+At the start of every global step's actor update the driver
+
+1. reconstructs the step's global PPO mini-batches, one per tick, exactly as verl's workers
+   iterate them (:func:`tick_minibatches`);
+2. offers them to the :class:`~verl_commeff.replay_ring.ReplayRing`, which keeps the
+   fire-paired ones and asks for one generator-weight snapshot (the actor's shards, put
+   in Ray's object store by each actor rank) when the step has a kept mini-batch;
+3. submits every fire whose inputs are now complete to the anchor worker group
+   (non-blocking: the anchor computes while the actor trains) and hands the resulting
+   futures to the actor ranks, which wait for them (``sync=strict``) or poll them
+   (``sync=free``) at their fire ticks;
+
+and after the update it releases the fires the actor has consumed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+from verl_commeff.replay_ring import ReplayRing
+from verl_commeff.schedule import FireSchedule
+
+__all__ = ["AnchorDriver", "tick_minibatches"]
+
+
+def tick_minibatches(data: Any, dp_size: int, mini_batch_size: int, epochs: int) -> list[Any]:
+    """The global mini-batch of every tick of a step, in tick order.
+
+    verl dispatches the step's batch to the DP ranks in contiguous chunks, and each rank
+    iterates its chunk in mini-batches of ``mini_batch_size / dp_size`` samples (no
+    shuffling), ``epochs`` times. Global mini-batch ``i`` is therefore the concatenation
+    over ranks of each chunk's ``i``-th slice; tick ``e·n + i`` (epoch e) replays it.
+
+    Args:
+        data: the step's batch (a TensorDict, in the order the workers receive it).
+        dp_size: the actor's data-parallel size.
+        mini_batch_size: samples per global mini-batch (``ppo_mini_batch_size × n``).
+        epochs: ``ppo_epochs``.
+
+    Raises:
+        ValueError: sizes that do not divide as verl requires.
+    """
+    from verl.utils import tensordict_utils as tu
+
+    n = data.shape[0]
+    if n % dp_size or mini_batch_size % dp_size or (n // dp_size) % (mini_batch_size // dp_size):
+        raise ValueError(f"batch of {n} samples, dp_size={dp_size}, mini_batch_size={mini_batch_size}: "
+                         "the batch must split into whole per-rank mini-batches")
+    per_rank, per_rank_mini = n // dp_size, mini_batch_size // dp_size
+    minibatches = []
+    for i in range(per_rank // per_rank_mini):
+        rows = [r * per_rank + i * per_rank_mini + j for r in range(dp_size) for j in range(per_rank_mini)]
+        minibatches.append(tu.index_select_tensor_dict(data, rows))
+    return minibatches * epochs
+
+
+class AnchorDriver:
+    """Drives the replay ring and the anchor worker group from the trainer.
+
+    Args:
+        schedule: the fire schedule (K, cadence, ticks per step, Q cadence).
+        take_snapshot: returns the actor's generator-weight snapshot (one object per actor
+            rank; e.g. the ObjectRefs of ``actor_wg.commeff_snapshot()``).
+        submit: ``submit(fire_tick, source_tick, minibatch, snapshot)`` starts a fire on the
+            anchor group and returns its futures (one per anchor rank), without blocking.
+        offer: ``offer(fire_tick, futures)`` hands a fire's futures to the actor ranks.
+    """
+
+    def __init__(
+        self,
+        schedule: FireSchedule,
+        take_snapshot: Callable[[], Any],
+        submit: Callable[[int, int, Any, Any], Sequence[Any]],
+        offer: Callable[[int, Sequence[Any]], None],
+    ):
+        self.schedule = schedule
+        self.ring = ReplayRing(schedule)
+        self._take_snapshot = take_snapshot
+        self._submit = submit
+        self._offer = offer
+        self.fires_submitted = 0
+        self.snapshots_taken = 0
+        self._submit_s = 0.0
+
+    def _snapshot(self) -> Any:
+        self.snapshots_taken += 1
+        return self._take_snapshot()
+
+    def before_update(self, step: int, minibatches: Sequence[Any]) -> list[int]:
+        """Offer step ``step``'s per-tick mini-batches; submit and hand over the fires they complete.
+
+        Returns:
+            The fire ticks submitted.
+        """
+        start = time.perf_counter()
+        jobs = self.ring.add_step(step, minibatches, self._snapshot)
+        for job in jobs:
+            futures = self._submit(job.fire_tick, job.source_tick, job.batch, job.snapshot)
+            self._offer(job.fire_tick, futures)
+            self.fires_submitted += 1
+        self._submit_s += time.perf_counter() - start
+        return [job.fire_tick for job in jobs]
+
+    def after_update(self, last_tick: int) -> None:
+        """The actor has taken every fire up to ``last_tick``: release their ring entries."""
+        for fire in [job.fire_tick for job in self.ring.pending_jobs() if job.fire_tick <= last_tick]:
+            self.ring.release(fire)
+
+    def resubmit_pending(self) -> None:
+        """After a resume: submit every pending fire again (their results were lost with the old run)."""
+        for job in self.ring.pending_jobs():
+            self._offer(job.fire_tick, self._submit(job.fire_tick, job.source_tick, job.batch, job.snapshot))
+
+    def metrics(self) -> dict[str, float]:
+        """Driver-side ``commeff/anchor/*`` metrics of this step."""
+        out = {
+            "commeff/anchor/fires": float(self.fires_submitted),
+            "commeff/anchor/snapshots": float(self.snapshots_taken),
+            "commeff/anchor/ring_batches": float(len(self.ring)),
+            "commeff/anchor/ring_snapshots": float(self.ring.num_snapshots),
+            "commeff/anchor/submit_s": self._submit_s,
+        }
+        self._submit_s = 0.0
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ring": self.ring.state_dict(), "fires_submitted": self.fires_submitted,
+                "snapshots_taken": self.snapshots_taken}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ring.load_state_dict(state["ring"])
+        self.fires_submitted = state["fires_submitted"]
+        self.snapshots_taken = state["snapshots_taken"]
