@@ -42,6 +42,7 @@ class CommEffEngineMixin:
 
     commeff: Optional[CommEffActorState] = None
     _commeff_boundary_pending: bool = False
+    _commeff_resume: Optional[dict] = None  # state read by load_checkpoint before commeff_setup
 
     # ---- set-up ------------------------------------------------------------------------
     def commeff_setup(self, cfg: "CommEffConfig", ticks_per_step: int) -> None:
@@ -78,6 +79,9 @@ class CommEffEngineMixin:
             dp_group=None,
             merger_group=merger_group,
         )
+        if self._commeff_resume is not None:  # verl loads checkpoints before the trainer sets us up
+            self.commeff.load_state_dict(self._commeff_resume)
+            self._commeff_resume = None
 
     def _commeff_active(self) -> bool:
         return self.commeff is not None
@@ -145,6 +149,8 @@ class CommEffEngineMixin:
                     "the tick clock, Q and M̄ would restart from scratch"
                 )
             self.commeff.load_state_dict(state)
+        else:
+            self._commeff_resume = state  # applied by commeff_setup
         return out
 
 

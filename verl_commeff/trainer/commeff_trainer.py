@@ -1,0 +1,213 @@
+"""``trainer.v1.trainer_mode=commeff``: verl's v1 sync trainer with the comm-eff actor and the anchor.
+
+:class:`CommEffTrainer` is registered in verl's trainer registry. It behaves as verl's
+``sync`` trainer (same replay buffer, same weight sync after every update) and adds:
+
+- the actor (and hybrid actor/rollout) worker is
+  :class:`~verl_commeff.workers.actor_worker.CommEffActorRolloutRefWorker`, configured
+  after ``init_model`` with the ``commeff`` node;
+- an anchor worker group (:class:`~verl_commeff.anchor.worker.AnchorWorker`) on its own
+  resource pool (``placement=separate``) or on the actor's (``colocated``);
+- at every actor update, the :class:`~verl_commeff.trainer.anchor_driver.AnchorDriver`
+  submits the fires whose mini-batch is in this step and hands their futures to the actor;
+- ``actor/commeff/*`` worker metrics are logged as ``commeff/*``;
+- on a CPU-only Ray cluster the resource check counts CPUs (verl's counts GPUs only).
+
+With ``commeff.enable=false`` it is verl's sync trainer with the stock actor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+import torch
+from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
+from verl.single_controller.ray.base import ResourcePoolManager
+from verl.trainer.ppo.utils import Role
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+from verl_commeff.clock import ticks_per_step
+from verl_commeff.config import CommEffConfigError, to_commeff_config
+from verl_commeff.schedule import FireSchedule
+from verl_commeff.trainer.anchor_driver import AnchorDriver, tick_minibatches
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CommEffTrainer", "HostResourcePoolManager"]
+
+ACTOR_ROLES = (Role.Actor, Role.ActorRollout, Role.ActorRolloutRef)
+DRIVER_STATE = "commeff_driver.pt"
+
+
+class HostResourcePoolManager(ResourcePoolManager):
+    """verl's ``ResourcePoolManager`` whose availability check counts the platform's resource.
+
+    verl's counts only ``GPU``/``NPU``; on the CPU platform the pools are CPU bundles.
+    """
+
+    def _check_resource_available(self):
+        from verl.plugin.platform import get_platform
+
+        resource = get_platform().ray_resource_name()
+        available = sum(n.get(resource, 0) for n in ray._private.state.available_resources_per_node().values())
+        required = sum(sum(p) for p in self.resource_pool_spec.values())
+        if available < required:
+            raise ValueError(f"Ray has {available:g} {resource} available, the resource pools need {required}")
+
+
+@register_trainer("commeff")
+class CommEffTrainer(PPOTrainerSync):
+    """verl's sync trainer with the comm-eff actor and the asynchronous anchor worker group."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        # A new trainer_mode name switches on verl's async code paths: this trainer is sync.
+        self.trainer_mode = "sync"
+        self.parameter_sync_step = 1
+        self.replay_buffer = self._build_replay_buffer()
+
+        self.commeff_cfg = to_commeff_config(config.commeff)
+        actor = config.actor_rollout_ref.actor
+        self.commeff_ticks_per_step = ticks_per_step(
+            int(config.data.train_batch_size), int(actor.ppo_mini_batch_size), int(actor.ppo_epochs))
+        self.commeff_schedule = FireSchedule(self.commeff_cfg.anchor.delay_k, self.commeff_cfg.anchor.cadence,
+                                             self.commeff_ticks_per_step, self.commeff_cfg.q_cadence)
+        self._anchor_on = self.commeff_cfg.enable and self.commeff_cfg.anchor.enable
+        if self._anchor_on and actor.shuffle:
+            raise CommEffConfigError(
+                "commeff.anchor needs actor_rollout_ref.actor.shuffle=False: the driver reconstructs each tick's "
+                "mini-batch for the anchor from verl's unshuffled mini-batch order")
+        self.anchor_wg = None
+        self.anchor_driver = None
+        self._commeff_step = 0
+        self._commeff_resume = None  # driver state read by _load_checkpoint, applied once the driver exists
+
+    # ---- workers and pools -------------------------------------------------------------
+    def _init_resource_pool_mgr(self):
+        super()._init_resource_pool_mgr()
+        if self.commeff_cfg.enable:
+            from verl_commeff.workers.actor_worker import CommEffActorRolloutRefWorker
+
+            for role in ACTOR_ROLES:
+                if role in self.role_worker_mapping:
+                    self.role_worker_mapping[role] = ray.remote(CommEffActorRolloutRefWorker)
+        from verl_commeff.cpu_platform import is_cpu_platform
+
+        if is_cpu_platform():
+            mgr = self.resource_pool_manager
+            self.resource_pool_manager = HostResourcePoolManager(
+                resource_pool_spec=mgr.resource_pool_spec, mapping=mgr.mapping)
+
+    def _setup(self):
+        super()._setup()
+        if not self.commeff_cfg.enable:
+            return
+        self.actor_rollout_wg.commeff_setup(self.commeff_cfg, self.commeff_ticks_per_step)
+        if self._anchor_on:
+            self.anchor_wg = self._build_anchor_group()
+            self.anchor_driver = AnchorDriver(
+                self.commeff_schedule,
+                take_snapshot=self.actor_rollout_wg.commeff_snapshot,
+                submit=self.anchor_wg.anchor_fire,
+                offer=self.actor_rollout_wg.commeff_offer,
+            )
+            if self._commeff_resume is not None:
+                driver = self._commeff_resume
+                driver["ring"]["snapshots"] = {s: [ray.put(t) for t in shards]
+                                               for s, shards in driver["ring"]["snapshots"].items()}
+                self.anchor_driver.load_state_dict(driver)
+                self.anchor_driver.resubmit_pending()
+
+    def _build_anchor_group(self) -> RayWorkerGroup:
+        from verl_commeff.anchor.worker import AnchorWorker
+
+        anchor, trainer = self.commeff_cfg.anchor, self.config.trainer
+        actor_world = self.actor_rollout_wg.world_size
+        if anchor.placement == "separate":
+            if anchor.n_gpus_per_node * anchor.nnodes != actor_world:
+                raise CommEffConfigError(
+                    f"commeff.anchor.n_gpus_per_node × nnodes = {anchor.n_gpus_per_node * anchor.nnodes} must equal "
+                    f"the actor's world size {actor_world}: anchor rank r holds actor rank r's shards")
+            from verl_commeff.cpu_platform import is_cpu_platform
+
+            pool = RayResourcePool(process_on_nodes=[anchor.n_gpus_per_node] * anchor.nnodes,
+                                   use_gpu=not is_cpu_platform(), max_colocate_count=1, name_prefix="commeff_anchor")
+        else:
+            role = next(r for r in ACTOR_ROLES if r in self.role_worker_mapping)
+            pool = self.resource_pool_manager.get_resource_pool(role)
+        wg = RayWorkerGroup(
+            resource_pool=pool,
+            ray_cls_with_init=RayClassWithInitArgs(cls=ray.remote(AnchorWorker), config=self.config.actor_rollout_ref),
+            device_name=trainer.device,
+            name_prefix="commeff_anchor",
+        )
+        wg.init_model()
+        wg.anchor_setup(self.commeff_cfg, self.commeff_ticks_per_step)
+        return wg
+
+    # ---- the actor update --------------------------------------------------------------
+    def _step_minibatches(self, batch) -> list:
+        """This step's per-tick global mini-batches (fetched only if the ring keeps one)."""
+        tps = self.commeff_ticks_per_step
+        first = self._commeff_step * tps - tps + 1
+        if not any(self.commeff_schedule.retains(t) for t in range(first, first + tps)):
+            return [None] * tps
+        import transfer_queue as tq
+        from verl.utils import tensordict_utils as tu
+
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id)
+        tu.assign_non_tensor(data, **{k: v for k, v in batch.extra_info.items() if not isinstance(v, dict)})
+        actor, n = self.config.actor_rollout_ref.actor, self.config.actor_rollout_ref.rollout.n
+        return tick_minibatches(data, self.actor_rollout_wg.world_size, actor.ppo_mini_batch_size * n,
+                                actor.ppo_epochs)
+
+    def _update_actor(self, batch, metrics):
+        if not self.commeff_cfg.enable:
+            return super()._update_actor(batch, metrics)
+        self._commeff_step += 1
+        if self.anchor_driver is not None:
+            actor = self.config.actor_rollout_ref.actor
+            batch.extra_info.update({  # what verl's _update_actor puts there, needed by the anchor's loss
+                "global_batch_size": actor.ppo_mini_batch_size * self.config.actor_rollout_ref.rollout.n,
+                "temperature": self.config.actor_rollout_ref.rollout.temperature,
+                "calculate_entropy": actor.calculate_entropy or actor.entropy_coeff != 0.0,
+            })
+            self.anchor_driver.before_update(self._commeff_step, self._step_minibatches(batch))
+        out = super()._update_actor(batch, metrics)
+        for key in [k for k in metrics if k.startswith("actor/commeff/")]:
+            metrics[key[len("actor/"):]] = metrics.pop(key)
+        if self.anchor_driver is not None:
+            self.anchor_driver.after_update(self._commeff_step * self.commeff_ticks_per_step)
+            metrics.update(self.anchor_driver.metrics())
+        return out
+
+    # ---- checkpointing -----------------------------------------------------------------
+    def _save_checkpoint(self, *args, **kwargs):
+        out = super()._save_checkpoint(*args, **kwargs)
+        if self.commeff_cfg.enable:
+            path = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
+            os.makedirs(path, exist_ok=True)
+            state = {"step": self._commeff_step}
+            if self.anchor_driver is not None:
+                driver = self.anchor_driver.state_dict()
+                # snapshots are ObjectRefs of this run: store their tensors
+                driver["ring"]["snapshots"] = {s: ray.get(list(refs)) for s, refs in driver["ring"]["snapshots"].items()}
+                state["driver"] = driver
+            torch.save(state, os.path.join(path, DRIVER_STATE))
+        return out
+
+    def _load_checkpoint(self):
+        # verl calls this inside _setup, before the anchor driver exists: keep the state for _setup.
+        out = super()._load_checkpoint()
+        if self.commeff_cfg.enable and self.global_steps > 0:
+            path = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}",
+                                DRIVER_STATE)
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"resuming a commeff run without its driver state {path}")
+            state = torch.load(path, weights_only=False)
+            self._commeff_step = state["step"]
+            self._commeff_resume = state.get("driver")
+        return out
