@@ -1,0 +1,69 @@
+"""The recipes' commands compose into valid configs (verl's schema + the commeff node), without running."""
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def _dry_run(recipe, env=(), args=()):
+    out = subprocess.run(["bash", str(RECIPES / recipe), *args], env={**os.environ, "DRY_RUN": "1", **dict(env)},
+                         capture_output=True, text=True, check=True).stdout
+    commands = [shlex.split(line) for line in out.splitlines() if "verl_commeff.main" in line]
+    assert commands, out
+    return [cmd[cmd.index("verl_commeff.main") + 1 :] for cmd in commands]
+
+
+def _composed(overrides):
+    from hydra import compose, initialize_config_module
+
+    from verl_commeff.config import to_commeff_config
+    from verl_commeff.main import check_config
+
+    with initialize_config_module(config_module="verl_commeff.conf", version_base=None):
+        cfg = compose(config_name="commeff_trainer", overrides=overrides)
+    check_config(cfg)
+    return cfg, to_commeff_config(cfg.commeff)
+
+
+def test_commeff_recipe_is_the_locked_surface_with_the_k5_arm():
+    (overrides,) = _dry_run("gsm8k_grpo_commeff.sh")
+    cfg, commeff = _composed(overrides)
+    assert cfg.data.train_batch_size == 128 and cfg.actor_rollout_ref.actor.ppo_mini_batch_size == 64
+    assert cfg.actor_rollout_ref.rollout.n == 8 and cfg.actor_rollout_ref.actor.optim.lr == 1e-6
+    assert cfg.data.max_response_length == 2048 and cfg.trainer.test_freq == 25
+    assert not cfg.actor_rollout_ref.actor.use_kl_loss and not cfg.algorithm.use_kl_in_reward
+    assert cfg.actor_rollout_ref.actor.entropy_coeff == 0 and cfg.trainer.total_training_steps == 50
+    assert (commeff.anchor.delay_k, commeff.anchor.cadence, commeff.codec.rank, commeff.codec.pp_size) == (5, 5, 77, 8)
+    assert (commeff.merger.name, commeff.merger.alpha, commeff.anchor.beta) == ("signed_ema", 0.25, 0.5)
+
+
+def test_knobs_and_extra_overrides_reach_the_config():
+    env = {"K": "20", "CADENCE": "20", "STEPS": "100", "MU": "0.9", "SYNC": "free", "ROLLOUT": "hf"}
+    (overrides,) = _dry_run("gsm8k_grpo_commeff.sh", env, ["commeff.merger.adaptive.mode=ratio"])
+    cfg, commeff = _composed(overrides)
+    assert (commeff.anchor.delay_k, commeff.anchor.cadence, commeff.merger.age_decay) == (20, 20, 0.9)
+    assert commeff.anchor.sync == "free" and commeff.merger.adaptive.mode == "ratio"
+    assert cfg.trainer.total_training_steps == 100 and cfg.actor_rollout_ref.rollout.name == "hf"
+
+
+def test_dense_recipe_turns_the_plugin_off():
+    (overrides,) = _dry_run("gsm8k_grpo_dense.sh")
+    cfg, commeff = _composed(overrides)
+    assert not commeff.enable and cfg.trainer.experiment_name == "dense"
+
+
+def test_decoupling_grid_runs_the_four_cells():
+    cells = [_composed(o)[1] for o in _dry_run("decoupling_grid.sh")]
+    assert [(c.anchor.delay_k, c.anchor.cadence) for c in cells] == [(5, 5), (20, 5), (5, 20), (20, 20)]
+    assert all(c.q_cadence == c.anchor.cadence for c in cells)
+
+
+def test_decoupling_grid_refuses_an_unknown_cell():
+    result = subprocess.run(["bash", str(RECIPES / "decoupling_grid.sh")], env={**os.environ, "DRY_RUN": "1",
+                            "CELLS": "E"}, capture_output=True, text=True)
+    assert result.returncode == 2 and "unknown cell 'E'" in result.stderr
