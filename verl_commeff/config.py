@@ -294,13 +294,18 @@ _NESTED = {
 
 
 def to_commeff_config(node: Any) -> CommEffConfig:
-    """A validated ``CommEffConfig`` from the yaml node (DictConfig or dict).
+    """A validated ``CommEffConfig`` from the yaml node (DictConfig or dict; None = all defaults).
+
+    The drop-in form (verl's own ``main_ppo`` with ``+commeff.<section>.<knob>=...``
+    overrides) gives a partial node: missing knobs take their defaults.
 
     Raises:
         CommEffConfigError: an unknown key (naming the valid ones) or an invalid value.
     """
     from omegaconf import DictConfig, OmegaConf
 
+    if node is None:
+        return CommEffConfig()
     if isinstance(node, DictConfig):
         node = OmegaConf.to_container(node, resolve=True)
     if not isinstance(node, dict):

@@ -13,7 +13,7 @@ def check_config(config) -> None:
     """Checks the plugin needs before Ray starts, with errors that say what to change."""
     from verl_commeff.config import CommEffConfigError, to_commeff_config
 
-    to_commeff_config(config.commeff)  # every knob validated now, not in a Ray actor
+    to_commeff_config(config.get("commeff"))  # every knob validated now, not in a Ray actor
     if not config.trainer.use_v1:
         raise CommEffConfigError("verl-commeff runs on verl's v1 trainer: set trainer.use_v1=True")
     if config.trainer.v1.trainer_mode != "commeff":

@@ -41,3 +41,25 @@ def test_check_config_names_what_to_change(overrides, message):
 
     with pytest.raises(CommEffConfigError, match=message):
         check_config(_compose(overrides))
+
+
+def test_drop_in_form_on_verls_own_main_ppo_config():
+    """The documented drop-in: verl's ppo_trainer.yaml + trainer_mode=commeff + `+commeff.*` knobs."""
+    import os
+
+    import verl
+    from hydra import compose, initialize_config_dir
+
+    from verl_commeff.config import to_commeff_config
+
+    config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        cfg = compose(config_name="ppo_trainer", overrides=[
+            "trainer.v1.trainer_mode=commeff", "+commeff.anchor.delay_k=20", "+commeff.anchor.cadence=20",
+            "+commeff.merger.age_decay=0.85"])
+    commeff = to_commeff_config(cfg.get("commeff"))
+    assert (commeff.anchor.delay_k, commeff.anchor.cadence, commeff.merger.age_decay) == (20, 20, 0.85)
+    assert commeff.codec.rank == 77  # knobs not given keep their defaults
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        bare = compose(config_name="ppo_trainer", overrides=["trainer.v1.trainer_mode=commeff"])
+    assert to_commeff_config(bare.get("commeff")) == to_commeff_config({})  # no node at all: all defaults

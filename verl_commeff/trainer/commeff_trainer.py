@@ -69,7 +69,7 @@ class CommEffTrainer(PPOTrainerSync):
         self.parameter_sync_step = 1
         self.replay_buffer = self._build_replay_buffer()
 
-        self.commeff_cfg = to_commeff_config(config.commeff)
+        self.commeff_cfg = to_commeff_config(config.get("commeff"))  # absent in the drop-in form: defaults
         actor = config.actor_rollout_ref.actor
         self.commeff_ticks_per_step = ticks_per_step(
             int(config.data.train_batch_size), int(actor.ppo_mini_batch_size), int(actor.ppo_epochs))
