@@ -92,9 +92,9 @@ class HFGenerator:
 
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        # A clean generation config: the checkpoint's sampling defaults (top_k, temperature, ...)
-        # must not leak into requests; every request sets its own (see SamplingSpec).
-        self.model.generation_config = GenerationConfig(pad_token_id=pad_token_id, eos_token_id=list(eos_ids) or None)
+        # A clean generation config: the checkpoint's defaults (top_k, temperature, eos, ...) must not
+        # leak into requests, since generate() fills every unset field from it; each call sets its own.
+        self.model.generation_config = GenerationConfig(pad_token_id=pad_token_id)
         self.eos_ids = frozenset(eos_ids)
         self.pad_token_id = pad_token_id
         self.raw_scores = logprobs_mode.startswith("raw_")
@@ -183,11 +183,11 @@ class HFGenerator:
         results = []
         for row, budget in enumerate(max_new_tokens):
             tokens = new_tokens[row, :budget].tolist()
-            if not spec.ignore_eos:
-                end = next((i for i, t in enumerate(tokens) if t in self.eos_ids), None)
-                tokens = tokens if end is None else tokens[: end + 1]
+            end = None if spec.ignore_eos else next((i for i, t in enumerate(tokens) if t in self.eos_ids), None)
+            tokens = tokens if end is None else tokens[: end + 1]
             log_probs = values[row, : len(tokens)].tolist() if values is not None else None
-            results.append(Generated(token_ids=tokens, log_probs=log_probs, aborted=aborted))
+            cut_short = aborted and end is None and len(tokens) < budget  # rows that had finished stay completed
+            results.append(Generated(token_ids=tokens, log_probs=log_probs, aborted=cut_short))
         return results
 
     def _token_values(self, steps: Sequence[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
