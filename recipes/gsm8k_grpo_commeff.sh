@@ -9,55 +9,96 @@
 #   K=20 CADENCE=20 STEPS=100 bash recipes/gsm8k_grpo_commeff.sh # the K=20 arm
 #   DRY_RUN=1 bash recipes/gsm8k_grpo_commeff.sh                 # print the command, run nothing
 #   bash recipes/gsm8k_grpo_commeff.sh trainer.total_epochs=2    # extra verl/commeff overrides go last
+#   PRESET=cpu_tiny bash recipes/gsm8k_grpo_commeff.sh           # the tiny CPU demo (no GPU, no downloads)
 #
 # Data: verl's GSM8K parquet layout; `python -m verl_commeff.data.gsm8k --local_dir $DATA_DIR` makes it.
 set -xeuo pipefail
 
 # ---- knobs -------------------------------------------------------------------------------------------
-MODEL=${MODEL:-Qwen/Qwen2.5-1.5B-Instruct}
-DATA_DIR=${DATA_DIR:-$HOME/data/gsm8k}
+PRESET=${PRESET:-gpu}                   # gpu: the seed's surface | cpu_tiny: tiny local model + data on CPU
 K=${K:-5}                               # commeff.anchor.delay_k (ticks)
 CADENCE=${CADENCE:-5}                   # commeff.anchor.cadence (ticks)
 Q_CADENCE=${Q_CADENCE:-null}            # commeff.codec.q_cadence (null = CADENCE)
 MU=${MU:-1.0}                           # commeff.merger.age_decay (1.0 = off)
 MERGER=${MERGER:-signed_ema}            # commeff.merger.name (signed_ema | none)
-PLACEMENT=${PLACEMENT:-colocated}       # commeff.anchor.placement (separate needs NGPUS more devices)
 SYNC=${SYNC:-strict}                    # commeff.anchor.sync (strict | free)
-STEPS=${STEPS:-50}
-NGPUS=${NGPUS:-4}
-ROLLOUT=${ROLLOUT:-vllm}                # vllm | sglang | hf (no vLLM needed)
 PROJECT=${PROJECT:-verl_commeff_gsm8k}
 EXP=${EXP:-commeff_k${K}_c${CADENCE}}
 DRY_RUN=${DRY_RUN:-0}
+case "$PRESET" in
+gpu)
+    MODEL=${MODEL:-Qwen/Qwen2.5-1.5B-Instruct}
+    DATA_DIR=${DATA_DIR:-$HOME/data/gsm8k}
+    PLACEMENT=${PLACEMENT:-colocated}   # commeff.anchor.placement (separate needs NGPUS more devices)
+    STEPS=${STEPS:-50}
+    NGPUS=${NGPUS:-4}
+    ROLLOUT=${ROLLOUT:-vllm}            # vllm | sglang | hf (no vLLM needed)
+    TRAIN_BATCH=128 MINI_BATCH=64 MICRO_BATCH=8 N=8 LR=1e-6 PROMPT_LEN=512 RESPONSE_LEN=2048
+    TEST_FREQ=${TEST_FREQ:-25} RANK=77 PP_SIZE=8 REMOVE_PADDING=True
+    preset=(
+        actor_rollout_ref.actor.entropy_coeff=0
+        actor_rollout_ref.model.enable_gradient_checkpointing=True
+        actor_rollout_ref.rollout.gpu_memory_utilization=0.5
+    )
+    ;;
+cpu_tiny)
+    PRESET_DIR=${PRESET_DIR:-outputs/tiny_preset}
+    [ "$DRY_RUN" = 1 ] || python3 -m verl_commeff.presets --out "$PRESET_DIR"   # tiny model + data, built locally
+    MODEL=${MODEL:-$PRESET_DIR/model}
+    DATA_DIR=${DATA_DIR:-$PRESET_DIR/gsm8k}
+    PLACEMENT=${PLACEMENT:-separate}
+    STEPS=${STEPS:-12}
+    NGPUS=1                              # one actor process (and one anchor process)
+    ROLLOUT=${ROLLOUT:-hf}
+    TRAIN_BATCH=8 MINI_BATCH=4 MICRO_BATCH=4 N=2 LR=1e-3 PROMPT_LEN=96 RESPONSE_LEN=16
+    TEST_FREQ=${TEST_FREQ:-6} RANK=16 PP_SIZE=2 REMOVE_PADDING=False
+    preset=(
+        trainer.device=cpu
+        +actor_rollout_ref.model.override_config.attn_implementation=sdpa
+        actor_rollout_ref.model.enable_gradient_checkpointing=False
+        actor_rollout_ref.actor.use_torch_compile=False
+        actor_rollout_ref.actor.fsdp_config.use_torch_compile=False
+        "+actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype: fp32, reduce_dtype: fp32, buffer_dtype: fp32}"
+        actor_rollout_ref.actor.entropy_coeff=0.01   # a random tiny model scores 0: keep a non-zero gradient
+        actor_rollout_ref.rollout.dtype=float32
+        actor_rollout_ref.rollout.agent.num_workers=1
+        data.filter_overlong_prompts=False
+        data.dataloader_num_workers=0
+        +ray_kwargs.ray_init.num_cpus=16          # logical CPUs: TransferQueue reserves one per storage unit
+        transfer_queue.backend.SimpleStorage.num_data_storage_units=2
+    )
+    ;;
+*)
+    echo "unknown PRESET '$PRESET': presets are gpu and cpu_tiny" >&2
+    exit 2
+    ;;
+esac
 
 # ---- overrides, grouped -----------------------------------------------------------------------------
 data=(
     data.train_files="$DATA_DIR/train.parquet"
     data.val_files="$DATA_DIR/test.parquet"
-    data.train_batch_size=128
-    data.max_prompt_length=512
-    data.max_response_length=2048
+    data.train_batch_size="$TRAIN_BATCH"
+    data.max_prompt_length="$PROMPT_LEN"
+    data.max_response_length="$RESPONSE_LEN"
 )
 model=(
     actor_rollout_ref.model.path="$MODEL"
-    actor_rollout_ref.model.use_remove_padding=True
-    actor_rollout_ref.model.enable_gradient_checkpointing=True
+    actor_rollout_ref.model.use_remove_padding="$REMOVE_PADDING"
 )
 actor=(
     actor_rollout_ref.actor.strategy=fsdp2
-    actor_rollout_ref.actor.optim.lr=1e-6
-    actor_rollout_ref.actor.ppo_mini_batch_size=64
-    actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8
+    actor_rollout_ref.actor.optim.lr="$LR"
+    actor_rollout_ref.actor.ppo_mini_batch_size="$MINI_BATCH"
+    actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu="$MICRO_BATCH"
     actor_rollout_ref.actor.use_kl_loss=False
-    actor_rollout_ref.actor.entropy_coeff=0
     actor_rollout_ref.actor.shuffle=False
 )
 rollout=(
     actor_rollout_ref.rollout.name="$ROLLOUT"
-    actor_rollout_ref.rollout.n=8
-    actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16
+    actor_rollout_ref.rollout.n="$N"
+    actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu="$MICRO_BATCH"
     actor_rollout_ref.rollout.tensor_model_parallel_size=1
-    actor_rollout_ref.rollout.gpu_memory_utilization=0.5
 )
 algorithm=(
     algorithm.adv_estimator=grpo
@@ -67,7 +108,7 @@ trainer=(
     trainer.n_gpus_per_node="$NGPUS"
     trainer.nnodes=1
     trainer.total_training_steps="$STEPS"
-    trainer.test_freq=25
+    trainer.test_freq="$TEST_FREQ"
     trainer.save_freq=-1
     trainer.val_before_train=True
     trainer.logger='["console","file"]'
@@ -75,8 +116,8 @@ trainer=(
     trainer.experiment_name="$EXP"
 )
 commeff=(
-    commeff.codec.rank=77
-    commeff.codec.pp_size=8
+    commeff.codec.rank="$RANK"
+    commeff.codec.pp_size="$PP_SIZE"
     commeff.codec.q_cadence="$Q_CADENCE"
     commeff.anchor.delay_k="$K"
     commeff.anchor.cadence="$CADENCE"
@@ -90,7 +131,7 @@ commeff=(
 )
 
 cmd=(python3 -m verl_commeff.main "${data[@]}" "${model[@]}" "${actor[@]}" "${rollout[@]}" "${algorithm[@]}"
-     "${trainer[@]}" "${commeff[@]}" "$@")
+     "${trainer[@]}" "${commeff[@]}" "${preset[@]}" "$@")
 if [ "$DRY_RUN" = 1 ]; then
     printf '%q ' "${cmd[@]}"; echo
 else

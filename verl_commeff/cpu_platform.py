@@ -25,7 +25,10 @@ On the CPU platform, :func:`install_engine_support` additionally
      (reference) models; offloading moves parameters to an accelerator for compute, which
      does not exist here, and they already live in host memory, so it is dropped. For
      FSDP2 verl forces ``CPUOffloadPolicy(pin_memory=True)`` on them, and pinning needs an
-     accelerator: the policy is kept without pinning.
+     accelerator: the policy is kept without pinning. Finally verl's
+     ``load_fsdp_model_to_gpu`` (before exporting weights, e.g. to the rollout) builds the
+     device string ``f"{device}:{id}"``, ``"cpu:cpu"`` here; the parameters are already in
+     host memory, so it is a no-op.
 """
 
 from __future__ import annotations
@@ -239,8 +242,12 @@ def _patch_fsdp_for_host_memory() -> None:
         def __init__(self, pin_memory: bool = True):
             super().__init__(pin_memory=False)
 
+    def load_fsdp_model_to_host(model) -> None:
+        """Parameters already live in host memory on this platform."""
+
     transformer_impl.FSDP = FullyShardedDataParallelOnCPU
     transformer_impl.CPUOffloadPolicy = CPUOffloadPolicyWithoutPinning
+    transformer_impl.load_fsdp_model_to_gpu = load_fsdp_model_to_host
     transformer_impl.get_init_weight_context_manager = lambda use_meta_tensor=True, mesh=None: (
         lambda: torch.device("cpu")
     )

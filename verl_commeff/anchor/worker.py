@@ -121,7 +121,8 @@ class AnchorWorker(ActorRolloutRefWorker):
             held = pack_signs(m_bar)
         else:
             held = [m.detach().clone() for m in m_bar]
-        return AnchorResult(fire_tick, source_tick, held, sketch, compute_s=time.perf_counter() - start)
+        return AnchorResult(fire_tick, source_tick, held, sketch, compute_s=time.perf_counter() - start,
+                            backwards=state.fires)
 
 
 class _AnchorState:

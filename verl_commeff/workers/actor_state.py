@@ -45,6 +45,7 @@ class AnchorResult:
         sketch: the anchor's Q sketch (B, H, r), already summed over the anchor's ranks, or
             None when Q is not refreshed from the anchor.
         compute_s: seconds the anchor rank spent on the fire.
+        backwards: the anchor rank's backward passes so far (proves the anchor really ran).
     """
 
     fire_tick: int
@@ -52,6 +53,17 @@ class AnchorResult:
     m_bar: HeldSignal
     sketch: Optional[torch.Tensor] = None
     compute_s: float = 0.0
+    backwards: int = 0
+
+    def wire_bytes(self) -> int:
+        """Bytes this result carries to one actor rank (M̄ shards or sign bits, and the sketch)."""
+        from verl_commeff.mergers.sign_bits import PackedSigns
+
+        held = self.m_bar.bits if isinstance(self.m_bar, PackedSigns) else self.m_bar
+        total = sum(t.numel() * t.element_size() for t in held)
+        if self.sketch is not None:
+            total += self.sketch.numel() * self.sketch.element_size()
+        return total
 
 
 class PendingResult(Protocol):
@@ -136,6 +148,8 @@ class CommEffActorState:
         self._fires_used = 0
         self._age_sum = 0
         self._age_n = 0
+        self._anchor_bytes = 0  # this step
+        self._anchor_backwards = 0
 
     # ---- passes ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -202,6 +216,8 @@ class CommEffActorState:
             self._fires_used += 1
             self._age_sum += tick - result.source_tick
             self._age_n += 1
+            self._anchor_bytes += result.wire_bytes()
+            self._anchor_backwards = max(self._anchor_backwards, result.backwards)
         # Step 2: stage a refreshed Q when due (live at the next step boundary).
         if self.codec is not None and self.schedule.q_refresh_at(tick):
             if self.cfg.codec.q_source == "fast":
@@ -220,9 +236,14 @@ class CommEffActorState:
         out["commeff/tick"] = float(self.clock.tick)
         out["commeff/anchor/wait_s"] = self._wait_s
         out["commeff/anchor/fires_used"] = float(self._fires_used)
+        out["commeff/anchor/backwards"] = float(self._anchor_backwards)
+        out["commeff/bytes/anchor_sent"] = float(self._anchor_bytes)
         if self._age_n:
             out["commeff/anchor/age"] = self._age_sum / self._age_n
-        self._wait_s, self._age_sum, self._age_n = 0.0, 0, 0
+        if out.get("commeff/bytes/codec_dense"):
+            sent = sum(out.get(f"commeff/bytes/{path}_sent", 0.0) for path in ("codec", "q_bcast", "anchor"))
+            out["commeff/bytes/ratio"] = sent / out["commeff/bytes/codec_dense"]
+        self._wait_s, self._age_sum, self._age_n, self._anchor_bytes = 0.0, 0, 0, 0
         return out
 
     # ---- checkpointing -----------------------------------------------------------------
@@ -233,6 +254,7 @@ class CommEffActorState:
             "codec": None if self.codec is None else self.codec.state_dict(),
             "merger": self.merger.state_dict(),
             "fires_used": self._fires_used,
+            "anchor_backwards": self._anchor_backwards,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -243,3 +265,4 @@ class CommEffActorState:
             self.codec.load_state_dict(state["codec"])
         self.merger.load_state_dict(state["merger"])
         self._fires_used = state["fires_used"]
+        self._anchor_backwards = state["anchor_backwards"]

@@ -1,0 +1,160 @@
+"""Per-tick cost of the comm-eff actor and the actor's wait for the anchor, on the tiny model on CPU.
+
+Prints ratios from one run (baseline measured in the same process):
+
+1. ``tick``: median wall time of one actor tick (one PPO mini-batch: forward, backward,
+   optimizer step) with the codec + signed_ema merger, over a stock verl tick. Both workers
+   run in this process, interleaved, on the same batches.
+2. ``wait`` (with ``--ray``): the actor's wait for the anchor on firing ticks, anchor group
+   ``placement=separate`` (own processes) vs ``colocated`` (processes sharing the actor's
+   resource pool), as a fraction of the tick time. The job is submitted one tick before it
+   is needed, as with K=1.
+
+Usage: ``python benchmarks/bench_tick.py [--ticks 20] [--ray]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+
+def _td(batch, update: bool):
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.utils.padding import left_right_2_no_padding
+
+    td = left_right_2_no_padding(batch.to_tensordict())
+    if update:
+        tu.assign_non_tensor(td, calculate_entropy=False, global_batch_size=4, mini_batch_size=4, epochs=1, seed=1,
+                             dataloader_kwargs={"shuffle": False}, compute_loss=True)
+    return td
+
+
+def bench_tick(model_dir: str, ticks: int) -> dict:
+    from tests.verl_harness import compose_ppo_config, init_single_process_world, make_ppo_batch
+    from verl.workers.engine_workers import ActorRolloutRefWorker
+
+    from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig
+    from verl_commeff.workers.actor_state import AnchorResult, ReadyResult
+    from verl_commeff.workers.actor_worker import CommEffActorRolloutRefWorker
+
+    init_single_process_world()
+    config = compose_ppo_config(model_dir, "fsdp2").actor_rollout_ref
+    stock = ActorRolloutRefWorker(config, role="actor")
+    actor = CommEffActorRolloutRefWorker(config, role="actor")
+    for w in (stock, actor):
+        w.init_model()
+    cfg = CommEffConfig(codec=CodecConfig(rank=16, pp_size=4, q_source="fast", q_cadence=1),
+                        anchor=AnchorConfig(delay_k=0, cadence=1))
+    actor.commeff_setup(cfg, ticks_per_step=1)
+    state = actor.actor.engine.commeff
+    from torch.distributed.tensor import distribute_tensor
+
+    times = {"stock": [], "commeff": []}
+    for tick in tqdm(range(1, ticks + 1), desc="ticks", unit="tick"):
+        m_bar = [distribute_tensor(torch.randn(p.shape), p.device_mesh, p.placements) for _, p in state.targets]
+        state.offer(ReadyResult(AnchorResult(tick, tick, m_bar)))
+        batch = make_ppo_batch(seed=tick)
+        batch.batch["old_log_probs"] = torch.zeros_like(batch.batch["advantages"])
+        for name, worker in (("stock", stock), ("commeff", actor)):
+            start = time.perf_counter()
+            worker.update_actor(_td(batch, update=True))
+            times[name].append(time.perf_counter() - start)
+    skip = min(3, ticks // 4)  # warm-up ticks
+    stock_s, commeff_s = (statistics.median(times[k][skip:]) for k in ("stock", "commeff"))
+    return {"stock_tick_s": stock_s, "commeff_tick_s": commeff_s, "tick_ratio": commeff_s / stock_s}
+
+
+def bench_wait(model_dir: str, ticks: int, placement: str) -> dict:
+    """Actor wait on firing ticks with a real anchor worker group under Ray (K=1, cadence 2)."""
+    import ray
+    from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
+
+    from tests.verl_harness import compose_ppo_config, make_ppo_batch
+    from verl_commeff.anchor.worker import AnchorWorker
+    from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig
+    from verl_commeff.trainer.anchor_driver import AnchorDriver
+    from verl_commeff.workers.actor_worker import CommEffActorRolloutRefWorker
+
+    config = compose_ppo_config(model_dir, "fsdp2").actor_rollout_ref
+    cfg = CommEffConfig(codec=CodecConfig(rank=16, pp_size=4, q_source="anchor"),
+                        anchor=AnchorConfig(delay_k=1, cadence=2, placement=placement))
+
+    def group(cls, pool, name):
+        return RayWorkerGroup(resource_pool=pool, ray_cls_with_init=RayClassWithInitArgs(
+            cls=ray.remote(cls), config=config, role="actor"), device_name="cpu", name_prefix=name)
+
+    actor_pool = RayResourcePool(process_on_nodes=[1], use_gpu=False, max_colocate_count=2, name_prefix=f"actor_{placement}")
+    actor = group(CommEffActorRolloutRefWorker, actor_pool, f"actor_{placement}")
+    anchor_pool = actor_pool if placement == "colocated" else RayResourcePool(
+        process_on_nodes=[1], use_gpu=False, max_colocate_count=1, name_prefix=f"anchor_{placement}")
+    anchor = group(AnchorWorker, anchor_pool, f"anchor_{placement}")
+    actor.init_model()
+    anchor.init_model()
+    actor.commeff_setup(cfg, 1)
+    anchor.anchor_setup(cfg, 1)
+    driver = AnchorDriver(_schedule(cfg), actor.commeff_snapshot,
+                          anchor.anchor_fire, actor.commeff_offer)
+    from verl.utils import tensordict_utils as tu
+
+    waits, tick_s = [], []
+    for tick in tqdm(range(1, ticks + 1), desc=f"ticks ({placement})", unit="tick"):
+        batch = make_ppo_batch(seed=tick)
+        batch.batch["old_log_probs"] = torch.zeros_like(batch.batch["advantages"])
+        anchor_mb = _td(batch, update=False)
+        tu.assign_non_tensor(anchor_mb, calculate_entropy=False, global_batch_size=4, temperature=1.0)
+        driver.before_update(tick, [anchor_mb])
+        start = time.perf_counter()
+        metrics = tu.get(actor.update_actor(_td(batch, update=True)), "metrics")
+        tick_s.append(time.perf_counter() - start)
+        driver.after_update(tick)
+        if tick % 2 == 0:
+            waits.append(metrics["commeff/anchor/wait_s"][0])
+    skip = 1
+    return {"wait_s": statistics.mean(waits[skip:]), "tick_s": statistics.median(tick_s[2:])}
+
+
+def _schedule(cfg):
+    from verl_commeff.schedule import FireSchedule
+
+    return FireSchedule(cfg.anchor.delay_k, cfg.anchor.cadence, 1, cfg.q_cadence)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ticks", type=int, default=20, help="ticks measured per arm (default 20)")
+    parser.add_argument("--ray", action="store_true", help="also measure the actor's wait with Ray anchor groups")
+    args = parser.parse_args(argv)
+    from verl_commeff.presets.tiny_model import build_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_tiny_model(os.path.join(tmp, "tiny"))
+        waits = {}
+        if args.ray:  # first: the in-process benchmark sets RANK/MASTER_PORT, which Ray workers would inherit
+            import ray
+
+            ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)  # logical CPUs: both placements stay up
+            for placement in ("separate", "colocated"):
+                waits[placement] = bench_wait(model_dir, args.ticks, placement)
+            ray.shutdown()
+        result = bench_tick(model_dir, args.ticks)
+    print(f"tiny Qwen2 (hidden 64, 4 layers), CPU, fsdp2, 1 rank, {args.ticks} ticks per arm, median after warm-up")
+    print(f"  stock verl tick        {result['stock_tick_s'] * 1e3:8.1f} ms")
+    print(f"  codec + merger tick    {result['commeff_tick_s'] * 1e3:8.1f} ms")
+    print(f"  ratio commeff / stock  {result['tick_ratio']:8.3f}")
+    for placement, w in waits.items():
+        print(f"  anchor {placement:9s}: wait on firing ticks {w['wait_s'] * 1e3:7.1f} ms = "
+              f"{w['wait_s'] / w['tick_s']:.3f} of a tick ({w['tick_s'] * 1e3:.1f} ms, K=1, cadence 2, under Ray)")
+
+
+if __name__ == "__main__":
+    main()
