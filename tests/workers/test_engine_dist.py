@@ -1,0 +1,68 @@
+"""Two gloo ranks (FSDP2): the merged gradient reaching verl's optimizer is the library merger of stock's."""
+
+import os
+
+import torch
+
+from tests.dist_harness import run_on_gloo
+
+
+def _body(rank, world_size, model_dir):
+    os.environ.update(LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
+    from torch.distributed.tensor import distribute_tensor
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.engine_workers import ActorRolloutRefWorker
+    from verl.workers.utils.padding import left_right_2_no_padding
+
+    from tests.verl_harness import compose_ppo_config, make_ppo_batch
+    from tests.workers.test_engine import _GradsAtStep
+    from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
+    from verl_commeff.mergers import build_merger
+    from verl_commeff.workers.actor_state import AnchorResult, ReadyResult
+    from verl_commeff.workers.actor_worker import CommEffActorRolloutRefWorker
+
+    config = compose_ppo_config(model_dir, "fsdp2", micro_batch=1,
+                                extra=("actor_rollout_ref.actor.optim.clip_grad=1e9",)).actor_rollout_ref
+    cfg = CommEffConfig(codec=CodecConfig(enable=False, q_source="fast"), anchor=AnchorConfig(delay_k=0, cadence=1),
+                        merger=MergerConfig(alpha=0.25, adaptive={"mode": "ratio", "kappa": 2.0, "cap": 0.9}))
+    stock, actor = ActorRolloutRefWorker(config, role="actor"), CommEffActorRolloutRefWorker(config, role="actor")
+    for w in (stock, actor):
+        w.init_model()
+    actor.commeff_setup(cfg, ticks_per_step=1)
+    stock_grads, actor_grads = _GradsAtStep(stock), _GradsAtStep(actor)
+
+    state = actor.actor.engine.commeff
+    g = torch.Generator().manual_seed(3)  # the same full M̄ on both ranks, then each keeps its shard
+    m_bar = [distribute_tensor(torch.randn(p.shape, generator=g), p.device_mesh, p.placements)
+             for _, p in state.targets]
+    state.offer(ReadyResult(AnchorResult(fire_tick=1, source_tick=1, m_bar=m_bar)))
+
+    batch = make_ppo_batch(seed=0)
+    batch.batch["old_log_probs"] = torch.zeros_like(batch.batch["advantages"])
+    mine = batch[rank * 2 : (rank + 1) * 2]  # this DP rank's share, as verl's dispatch gives it
+    for worker in (stock, actor):
+        td = left_right_2_no_padding(mine.to_tensordict())
+        tu.assign_non_tensor(td, calculate_entropy=False, global_batch_size=4, mini_batch_size=4, epochs=1, seed=1,
+                             dataloader_kwargs={"shuffle": False}, compute_loss=True)
+        worker.update_actor(td)
+
+    reference = build_merger(cfg.merger)
+    reference.hold(m_bar, produced_tick=1, source_tick=1)
+    stock_params = dict(stock.actor.engine.module.named_parameters())
+    actor_params = dict(actor.actor.engine.module.named_parameters())
+    by_id = {id(p): n for n, p in actor_params.items()}
+    names = [by_id[id(p)] for _, p in state.targets]
+    expected = [stock_grads.grads[0][id(stock_params[n])].clone() for n in names]
+    reference.apply_(expected, tick=1)  # the library merger on the stock reduced (sharded) gradients
+    for name, want in zip(names, expected):
+        got = actor_grads.grads[0][id(actor_params[name])]
+        torch.testing.assert_close(got.to_local(), want.to_local(), rtol=1e-6, atol=1e-10, msg=name)
+    for name in set(actor_params) - set(names):
+        assert torch.equal(actor_grads.grads[0][id(actor_params[name])].to_local(),
+                           stock_grads.grads[0][id(stock_params[name])].to_local())
+    lam = reference.metrics()["commeff/merger/lambda"]
+    assert 0 < lam < 0.9 + 1e-9  # the adaptive dose was active and identical on both ranks
+
+
+def test_merged_gradient_on_two_ranks(tiny_model_dir):
+    run_on_gloo(_body, world_size=2, args=(tiny_model_dir,))
