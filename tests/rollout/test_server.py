@@ -184,7 +184,8 @@ def test_weights_sent_through_the_adapter_replace_the_servers(server, model, con
                                                                         model["eos"])
 
 
-def test_real_actor_worker_pushes_its_updated_weights_through_verls_naive_sync(server, model, config):
+@pytest.mark.parametrize("strategy", ["fsdp2", "fsdp"])
+def test_real_actor_worker_pushes_its_updated_weights_through_verls_naive_sync(server, model, strategy):
     """verl's ActorRolloutRefWorker (role actor_rollout) builds the hf adapter via the registry and syncs."""
     from verl.utils import tensordict_utils as tu
     from verl.workers.engine_workers import ActorRolloutRefWorker
@@ -193,6 +194,7 @@ def test_real_actor_worker_pushes_its_updated_weights_through_verls_naive_sync(s
     from verl_commeff.rollout.adapter import HFServerAdapter
 
     init_single_process_world()
+    config = compose_ppo_config(model["path"], strategy, extra=hf_rollout_overrides())
     worker = ActorRolloutRefWorker(config.actor_rollout_ref, role="actor_rollout")
     worker.init_model()
     assert isinstance(worker.rollout, HFServerAdapter)
