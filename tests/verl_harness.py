@@ -87,3 +87,36 @@ def make_ppo_batch(batch_size: int = 4, prompt_len: int = 8, response_len: int =
         },
         meta_info={"temperature": 1.0},
     )
+
+
+def log_probs(worker, batch, ref: bool = False):
+    """The worker's log-probs of ``batch``'s responses (old-log-prob pass, or the ref pass), padded (B, R)."""
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
+
+    td = left_right_2_no_padding(batch.to_tensordict())
+    tu.assign_non_tensor(td, calculate_entropy=False, compute_loss=False)
+    out = worker.compute_ref_log_prob(td) if ref else worker.compute_log_prob(td)
+    return no_padding_2_padding(tu.get(out, "log_probs"), td).float()
+
+
+def update(worker, batch, batch_size: int = 4):
+    """One ``update_actor`` on ``batch`` as one mini-batch; returns the worker's metrics."""
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.utils.padding import left_right_2_no_padding
+
+    td = left_right_2_no_padding(batch.to_tensordict())
+    tu.assign_non_tensor(td, calculate_entropy=False, global_batch_size=batch_size, mini_batch_size=batch_size,
+                         epochs=1, seed=1, dataloader_kwargs={"shuffle": False}, compute_loss=True)
+    return tu.get(worker.update_actor(td), "metrics")
+
+
+class GradsAtStep:
+    """The gradients the optimizer steps with, captured by an optimizer pre-step hook."""
+
+    def __init__(self, worker):
+        self.grads = []
+        worker.actor.engine.optimizer.register_step_pre_hook(self._hook)
+
+    def _hook(self, optimizer, args, kwargs):
+        self.grads.append({id(p): p.grad.detach().clone() for g in optimizer.param_groups for p in g["params"]})

@@ -54,7 +54,8 @@ def test_anchor_m_is_the_dense_gradient_at_the_snapshot_weights(strategy, tiny_m
     # generator weights that differ from the checkpoint: an actor after one update
     actor = ActorRolloutRefWorker(_config(tiny_model_dir, strategy), role="actor")
     actor.init_model()
-    from tests.workers.test_engine import _log_probs, _update
+    from tests.verl_harness import log_probs as _log_probs
+    from tests.verl_harness import update as _update
 
     warm = make_ppo_batch(seed=5)
     warm.batch["old_log_probs"] = _log_probs(actor, warm)

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from tests.verl_harness import compose_ppo_config, init_single_process_world, make_ppo_batch
+from tests.verl_harness import GradsAtStep, compose_ppo_config, init_single_process_world, make_ppo_batch
+from tests.verl_harness import log_probs as _log_probs
+from tests.verl_harness import update as _update
 from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
 from verl_commeff.workers.actor_state import AnchorResult, ReadyResult
 
@@ -33,26 +35,6 @@ def _commeff(model_dir, strategy, cfg=None, role="actor", extra=()):
     if cfg is not None:
         worker.commeff_setup(cfg, ticks_per_step=1)
     return worker
-
-
-def _log_probs(worker, batch, ref=False):
-    from verl.utils import tensordict_utils as tu
-    from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
-
-    td = left_right_2_no_padding(batch.to_tensordict())
-    tu.assign_non_tensor(td, calculate_entropy=False, compute_loss=False)
-    out = worker.compute_ref_log_prob(td) if ref else worker.compute_log_prob(td)
-    return no_padding_2_padding(tu.get(out, "log_probs"), td).float()  # (B, R)
-
-
-def _update(worker, batch):
-    from verl.utils import tensordict_utils as tu
-    from verl.workers.utils.padding import left_right_2_no_padding
-
-    td = left_right_2_no_padding(batch.to_tensordict())
-    tu.assign_non_tensor(td, calculate_entropy=False, global_batch_size=4, mini_batch_size=4, epochs=1, seed=1,
-                         dataloader_kwargs={"shuffle": False}, compute_loss=True)
-    return tu.get(worker.update_actor(td), "metrics")
 
 
 def _params(worker):
@@ -127,19 +109,6 @@ def test_compressed_codec_projects_train_and_old_log_prob_not_ref(strategy, tiny
     torch.testing.assert_close(_log_probs(ref, batch, ref=True)[mask], plain[mask], rtol=0, atol=1e-5)
 
 
-class _GradsAtStep:
-    """The gradients the optimizer steps with, captured by an optimizer pre-step hook."""
-
-    def __init__(self, worker):
-        self.grads = []
-        engine = worker.actor.engine
-        self.names = [n for n, _ in engine.module.named_parameters()]
-        engine.optimizer.register_step_pre_hook(self._hook)
-
-    def _hook(self, optimizer, args, kwargs):
-        self.grads.append({id(p): p.grad.detach().clone() for g in optimizer.param_groups for p in g["params"]})
-
-
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_merged_gradient_is_the_library_merger_of_the_stock_gradient(strategy, tiny_model_dir):
     from verl_commeff.mergers import build_merger
@@ -153,7 +122,7 @@ def test_merged_gradient_is_the_library_merger_of_the_stock_gradient(strategy, t
     no_clip = ("actor_rollout_ref.actor.optim.clip_grad=1e9",)
     stock = _stock(tiny_model_dir, strategy, extra=no_clip)
     actor = _commeff(tiny_model_dir, strategy, cfg, extra=no_clip)
-    stock_grads, actor_grads = _GradsAtStep(stock), _GradsAtStep(actor)
+    stock_grads, actor_grads = GradsAtStep(stock), GradsAtStep(actor)
 
     state = actor.actor.engine.commeff
     g = torch.Generator().manual_seed(3)

@@ -15,7 +15,7 @@ def _body(rank, world_size, model_dir):
     from verl.workers.utils.padding import left_right_2_no_padding
 
     from tests.verl_harness import compose_ppo_config, make_ppo_batch
-    from tests.workers.test_engine import _GradsAtStep
+    from tests.verl_harness import GradsAtStep
     from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
     from verl_commeff.mergers import build_merger
     from verl_commeff.workers.actor_state import AnchorResult, ReadyResult
@@ -29,7 +29,7 @@ def _body(rank, world_size, model_dir):
     for w in (stock, actor):
         w.init_model()
     actor.commeff_setup(cfg, ticks_per_step=1)
-    stock_grads, actor_grads = _GradsAtStep(stock), _GradsAtStep(actor)
+    stock_grads, actor_grads = GradsAtStep(stock), GradsAtStep(actor)
 
     state = actor.actor.engine.commeff
     g = torch.Generator().manual_seed(3)  # the same full M̄ on both ranks, then each keeps its shard
