@@ -80,3 +80,28 @@ def test_anchor_m_is_the_dense_gradient_at_the_snapshot_weights(strategy, tiny_m
         torch.testing.assert_close(got.reshape(want.shape), want, rtol=1e-4, atol=1e-6, msg=name)
     # the anchor never steps: its weights stay the snapshot's
     assert all(torch.equal(a, b) for a, b in zip(export_local_shards(anchor.actor.engine.module), snapshot))
+
+
+def test_colocated_anchor_offloads_between_fires(tiny_model_dir, monkeypatch):
+    """placement=colocated on an accelerator: model off the device except during a fire (order of moves)."""
+    import verl_commeff.cpu_platform as cpu_platform
+    from verl_commeff.anchor.worker import AnchorWorker
+    from verl_commeff.workers.weight_shards import export_local_shards
+
+    init_single_process_world()
+    anchor = AnchorWorker(_config(tiny_model_dir, "fsdp2"))
+    anchor.init_model()
+    moves = []
+    engine = anchor.actor.engine
+    monkeypatch.setattr(engine, "to", lambda device, **kw: moves.append((device, kw["model"])))
+    monkeypatch.setattr(cpu_platform, "is_cpu_platform", lambda: False)  # behave as on a GPU node
+    cfg = CommEffConfig(codec=CodecConfig(q_source="fast"),
+                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, placement="colocated"))
+    anchor.anchor_setup(cfg, ticks_per_step=1)
+    assert moves == [("cpu", True)]  # offloaded right after set-up
+    snapshot = export_local_shards(engine.module)
+    anchor.anchor_fire(fire_tick=1, source_tick=1, minibatch=_minibatch(make_ppo_batch(seed=1)), snapshot=[snapshot])
+    from verl.utils.device import get_device_name
+
+    model_moves = [device for device, model in moves if model]  # (train mode's own optimizer/grad moves aside)
+    assert model_moves == ["cpu", get_device_name(), "cpu"]  # on the device only for the fire

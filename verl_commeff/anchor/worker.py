@@ -5,7 +5,9 @@ stock engine (no codec projection, no optimizer step ever taken), built from the
 actor's own config, so its FSDP layout is the actor's and anchor rank r holds the shards
 actor rank r holds. One fire (:meth:`AnchorWorker.anchor_fire`), per rank:
 
-1. load the generator-weight snapshot of the replayed mini-batch (this rank's shards);
+1. load the generator-weight snapshot of the replayed mini-batch (this rank's shards),
+   after bringing the model back onto the device when ``placement=colocated`` (between
+   fires a colocated anchor keeps its model offloaded to host memory);
 2. take this rank's share of the global mini-batch and run verl's forward/backward with
    the anchor loss (the actor's ``ppo_loss`` at ratio 1, :mod:`verl_commeff.anchor.loss`),
    the forward observed by the anchor's codec when ``q_source=anchor``;
@@ -13,7 +15,8 @@ actor rank r holds. One fire (:meth:`AnchorWorker.anchor_fire`), per rank:
 4. M̄ ← EMA(M) (:class:`~verl_commeff.mergers.anchor_ema.AnchorEMA`), kept here;
 5. at Q-refresh ticks: the sketch summed over the anchor's ranks, and the anchor's own Q
    moved to orth(sketch) so the next sketch starts from the actor's new basis;
-6. return M̄ (this rank's shards, or packed sign bits) and the sketch.
+6. return M̄ (this rank's shards, or packed sign bits) and the sketch (a colocated anchor
+   offloads its model again first).
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ class AnchorWorker(ActorRolloutRefWorker):
             ema=AnchorEMA(cfg.anchor.beta),
             targets=select_targets(engine.module, cfg.anchor.targets),
         )
+        if self._anchor.offload:
+            engine.to("cpu", model=True, optimizer=True, grad=True)  # idle until the first fire
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL, blocking=False)
     def anchor_fire(self, fire_tick: int, source_tick: int, minibatch, snapshot: list) -> AnchorResult:
@@ -87,6 +92,10 @@ class AnchorWorker(ActorRolloutRefWorker):
         start = time.perf_counter()
 
         # Step 1: the generator weights of the replayed mini-batch.
+        if state.offload:
+            from verl.utils.device import get_device_name
+
+            engine.to(get_device_name(), model=True, optimizer=False, grad=True)
         load_local_shards(engine.module, resolve(snapshot[self.rank]))
 
         # Step 2: this rank's share of the mini-batch, through verl's forward/backward with the anchor loss.
@@ -114,7 +123,9 @@ class AnchorWorker(ActorRolloutRefWorker):
             state.codec.refresh(sketch, reduce=False)
             state.codec.activate_staged()
 
-        # Step 6: M̄ (or its signs) back to the actor.
+        # Step 6: M̄ (or its signs) back to the actor; a colocated anchor gives the devices back.
+        if state.offload:
+            engine.to("cpu", model=True, optimizer=False, grad=True)
         if state.cfg.anchor.transport == "sign":
             from verl_commeff.mergers.sign_bits import pack_signs
 
@@ -127,9 +138,13 @@ class AnchorWorker(ActorRolloutRefWorker):
 
 class _AnchorState:
     def __init__(self, cfg, schedule, loss_fn, codec, ema, targets):
+        from verl_commeff.cpu_platform import is_cpu_platform
+
         self.cfg, self.schedule, self.loss_fn, self.codec, self.ema, self.targets = (
             cfg, schedule, loss_fn, codec, ema, targets)
         self.fires = 0
+        # host memory is the device on the CPU platform: nothing to offload there
+        self.offload = cfg.anchor.placement == "colocated" and not is_cpu_platform()
 
 
 class _nullscope:
