@@ -11,6 +11,7 @@ import math
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,9 @@ EXPECTED = {
 
 
 def _env(tmp_path, exp):
-    return {**os.environ, "PRESET": "cpu_tiny", "PRESET_DIR": str(tmp_path / "preset"), "STEPS": str(STEPS),
+    # the recipe calls `python3`: make it this interpreter (the project's venv), activated or not
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    return {**os.environ, "PATH": path, "PRESET": "cpu_tiny", "PRESET_DIR": str(tmp_path / "preset"), "STEPS": str(STEPS),
             "TEST_FREQ": str(TEST_FREQ), "K": str(K), "CADENCE": str(CADENCE), "EXP": exp, "PROJECT": "e2e",
             "VERL_FILE_LOGGER_ROOT": str(tmp_path / "logs"), "TOKENIZERS_PARALLELISM": "false"}
 
@@ -100,7 +103,7 @@ def test_drop_in_on_verls_main_ppo(tmp_path):
     args = shlex.split(next(line for line in dry.splitlines() if "verl_commeff.main" in line))
     overrides = args[args.index("verl_commeff.main") + 1 :]
     overrides = [("+" + o if o.startswith("commeff.") else o) for o in overrides]
-    subprocess.run(["python3", "-m", "verl_commeff.presets", "--out", env["PRESET_DIR"]], check=True, env=env)
-    _run(["python3", "-m", "verl.trainer.main_ppo", *overrides, "trainer.v1.trainer_mode=commeff",
+    subprocess.run([sys.executable, "-m", "verl_commeff.presets", "--out", env["PRESET_DIR"]], check=True, env=env)
+    _run([sys.executable, "-m", "verl.trainer.main_ppo", *overrides, "trainer.v1.trainer_mode=commeff",
           "trainer.default_local_dir=" + str(tmp_path / "ckpt")], env, tmp_path, "dropin")
     _check_commeff_run(_records(tmp_path, "dropin"))
