@@ -107,3 +107,30 @@ def test_drop_in_on_verls_main_ppo(tmp_path):
     _run([sys.executable, "-m", "verl.trainer.main_ppo", *overrides, "trainer.v1.trainer_mode=commeff",
           "trainer.default_local_dir=" + str(tmp_path / "ckpt")], env, tmp_path, "dropin")
     _check_commeff_run(_records(tmp_path, "dropin"))
+
+
+def test_resume_continues_clock_anchor_and_q_exactly(tmp_path):
+    """Stop after step 3 (checkpoint), resume to step 5: the run continues as an uninterrupted one would."""
+    ckpt = "trainer.default_local_dir=" + str(tmp_path / "ckpt")
+    first = {**_env(tmp_path, "resume"), "STEPS": "3", "TEST_FREQ": "-1"}
+    _run(["bash", "recipes/gsm8k_grpo_commeff.sh", ckpt, "trainer.save_freq=3", "trainer.val_before_train=False"],
+         first, tmp_path, "first")
+    before = _records(tmp_path, "resume")
+    second = {**first, "STEPS": "5", "VERL_FILE_LOGGER_ROOT": str(tmp_path / "logs2")}
+    _run(["bash", "recipes/gsm8k_grpo_commeff.sh", ckpt, "trainer.resume_mode=auto", "trainer.val_before_train=False"],
+         second, tmp_path, "second")
+    path = tmp_path / "logs2" / "e2e" / "resume.jsonl"
+    after = {row["step"]: row["data"] for row in map(json.loads, path.read_text().splitlines())}
+    assert sorted(before) == [1, 2, 3] and sorted(after) == [4, 5]
+
+    schedule = FireSchedule(K, CADENCE, TICKS_PER_STEP)
+    for step, data in {**before, **after}.items():
+        tick = step * TICKS_PER_STEP
+        assert data["commeff/tick"] == tick
+        assert data["commeff/anchor/fires_used"] == schedule.fires_through(tick)
+        assert data["commeff/anchor/backwards"] == schedule.fires_through(tick)  # the resubmitted fire ran too
+        assert data["commeff/merger/merged_ticks"] == tick - (CADENCE - 1)
+        # Q refreshed at every fire (q_source=anchor), live from the next step: the staged Q survived the stop
+        assert data["commeff/codec/q_updates"] == schedule.q_refreshes_through((step - 1) * TICKS_PER_STEP)
+        if step > 1:
+            assert data["commeff/anchor/age"] == K

@@ -112,7 +112,6 @@ class AnchorWorker(ActorRolloutRefWorker):
 
             # Step 4: M̄ ← EMA(M), kept on the anchor (AnchorEMA copies; the grads can go).
             m_bar = state.ema.update_(grads)
-            state.fires += 1
             engine.optimizer_zero_grad()
 
         # Step 5: the Q sketch at Q-refresh ticks; the anchor's own Q follows the actor's.
@@ -133,7 +132,7 @@ class AnchorWorker(ActorRolloutRefWorker):
         else:
             held = [m.detach().clone() for m in m_bar]
         return AnchorResult(fire_tick, source_tick, held, sketch, compute_s=time.perf_counter() - start,
-                            backwards=state.fires)
+                            backwards=1)
 
 
 class _AnchorState:
@@ -142,7 +141,6 @@ class _AnchorState:
 
         self.cfg, self.schedule, self.loss_fn, self.codec, self.ema, self.targets = (
             cfg, schedule, loss_fn, codec, ema, targets)
-        self.fires = 0
         # host memory is the device on the CPU platform: nothing to offload there
         self.offload = cfg.anchor.placement == "colocated" and not is_cpu_platform()
 

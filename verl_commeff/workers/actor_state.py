@@ -45,7 +45,8 @@ class AnchorResult:
         sketch: the anchor's Q sketch (B, H, r), already summed over the anchor's ranks, or
             None when Q is not refreshed from the anchor.
         compute_s: seconds the anchor rank spent on the fire.
-        backwards: the anchor rank's backward passes so far (proves the anchor really ran).
+        backwards: backward passes the anchor rank ran for this fire (summed by the actor into
+            ``commeff/anchor/backwards``: the proof that the anchor really ran).
     """
 
     fire_tick: int
@@ -217,7 +218,7 @@ class CommEffActorState:
             self._age_sum += tick - result.source_tick
             self._age_n += 1
             self._anchor_bytes += result.wire_bytes()
-            self._anchor_backwards = max(self._anchor_backwards, result.backwards)
+            self._anchor_backwards += result.backwards
         # Step 2: stage a refreshed Q when due (live at the next step boundary).
         if self.codec is not None and self.schedule.q_refresh_at(tick):
             if self.cfg.codec.q_source == "fast":

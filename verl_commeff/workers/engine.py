@@ -41,7 +41,6 @@ class CommEffEngineMixin:
     """Wraps a verl FSDP engine's train/infer/optimizer steps with the comm-eff circuit."""
 
     commeff: Optional[CommEffActorState] = None
-    _commeff_boundary_pending: bool = False
     _commeff_resume: Optional[dict] = None  # state read by load_checkpoint before commeff_setup
 
     # ---- set-up ------------------------------------------------------------------------
@@ -87,9 +86,14 @@ class CommEffEngineMixin:
         return self.commeff is not None
 
     def _commeff_boundary(self) -> None:
-        if self._commeff_boundary_pending:
+        """Between steps (every tick of the current step taken), a staged Q goes live.
+
+        Derived from the clock, not remembered, so a resumed run activates exactly as an
+        uninterrupted one would.
+        """
+        clock = self.commeff.clock
+        if clock.tick == clock.step * clock.ticks_per_step:
             self.commeff.at_step_boundary()
-            self._commeff_boundary_pending = False
 
     # ---- the wrapped steps -------------------------------------------------------------
     def train_batch(self, data, loss_function: Callable) -> Any:
@@ -101,7 +105,6 @@ class CommEffEngineMixin:
         with state.pass_scope("train"):
             outputs = super().train_batch(data, loss_function)
         if state.clock.tick == state.clock.step * state.clock.ticks_per_step:  # the step's last tick
-            self._commeff_boundary_pending = True
             metrics = state.metrics()  # every rank: the merger's cross-rank checks are collective
             if self.is_mp_src_rank_with_outputs():
                 outputs["metrics"].update({key: [value] for key, value in metrics.items()})
