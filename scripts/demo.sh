@@ -26,16 +26,23 @@ export TOKENIZERS_PARALLELISM=false PROJECT=demo
 mkdir -p "$OUT"
 start=$(date +%s)
 
+# One line per training/validation step from verl's console log (the full log goes to a file).
+progress() {
+    stdbuf -oL tr '\r' '\n' | grep --line-buffered -E "step:[0-9]+ - " | sed -u -E \
+        -e 's#.*step:([0-9]+) - .*val-core/[^:]*:(np\.float64\()?([0-9.]+).*#[demo]   step \1: validation accuracy \3#; t' \
+        -e 's#.*step:([0-9]+) - .*critic/score/mean:([0-9.]+).*response_length/mean:([0-9.]+).*#[demo]   step \1/'"$STEPS"': train score \2, response length \3#' \
+        || true
+}
+
 echo "[demo] 1/3 dense arm ($STEPS steps, validation every $TEST_FREQ): log $OUT/dense.log"
-EXP=dense bash recipes/gsm8k_grpo_dense.sh trainer.default_local_dir="$OUT/ckpt/dense" > "$OUT/dense.log" 2>&1 \
+EXP=dense bash recipes/gsm8k_grpo_dense.sh trainer.default_local_dir="$OUT/ckpt/dense" 2>&1 \
+    | tee "$OUT/dense.log" | progress \
     || { tail -n 40 "$OUT/dense.log"; echo "[demo] the dense arm failed: see $OUT/dense.log" >&2; exit 1; }
-grep -a "Training Progress" "$OUT/dense.log" | tail -n 1 | tr '\r' '\n' | tail -n 1 || true
 
 echo "[demo] 2/3 comm-eff arm (K=5, cadence 5, separate anchor group): log $OUT/commeff.log"
 EXP=commeff_k5_c5 K=5 CADENCE=5 PLACEMENT=separate bash recipes/gsm8k_grpo_commeff.sh \
-    trainer.default_local_dir="$OUT/ckpt/commeff" > "$OUT/commeff.log" 2>&1 \
+    trainer.default_local_dir="$OUT/ckpt/commeff" 2>&1 | tee "$OUT/commeff.log" | progress \
     || { tail -n 40 "$OUT/commeff.log"; echo "[demo] the comm-eff arm failed: see $OUT/commeff.log" >&2; exit 1; }
-grep -a "Training Progress" "$OUT/commeff.log" | tail -n 1 | tr '\r' '\n' | tail -n 1 || true
 
 echo "[demo] 3/3 report"
 verl-commeff report "dense=$OUT/logs/demo/dense.jsonl" "commeff_k5_c5=$OUT/logs/demo/commeff_k5_c5.jsonl" \
