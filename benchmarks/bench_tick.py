@@ -28,19 +28,18 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 
-def _td(batch, update: bool):
+def _anchor_minibatch(batch):
+    """The batch as the anchor receives a mini-batch: verl's no-padding layout and the actor's keys."""
     from verl.utils import tensordict_utils as tu
     from verl.workers.utils.padding import left_right_2_no_padding
 
     td = left_right_2_no_padding(batch.to_tensordict())
-    if update:
-        tu.assign_non_tensor(td, calculate_entropy=False, global_batch_size=4, mini_batch_size=4, epochs=1, seed=1,
-                             dataloader_kwargs={"shuffle": False}, compute_loss=True)
+    tu.assign_non_tensor(td, calculate_entropy=False, global_batch_size=4, temperature=1.0)
     return td
 
 
 def bench_tick(model_dir: str, ticks: int) -> dict:
-    from tests.verl_harness import compose_ppo_config, init_single_process_world, make_ppo_batch
+    from tests.verl_harness import compose_ppo_config, init_single_process_world, make_ppo_batch, update
     from verl.workers.engine_workers import ActorRolloutRefWorker
 
     from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig
@@ -67,7 +66,7 @@ def bench_tick(model_dir: str, ticks: int) -> dict:
         batch.batch["old_log_probs"] = torch.zeros_like(batch.batch["advantages"])
         for name, worker in (("stock", stock), ("commeff", actor)):
             start = time.perf_counter()
-            worker.update_actor(_td(batch, update=True))
+            update(worker, batch)
             times[name].append(time.perf_counter() - start)
     skip = min(3, ticks // 4)  # warm-up ticks
     stock_s, commeff_s = (statistics.median(times[k][skip:]) for k in ("stock", "commeff"))
@@ -79,7 +78,7 @@ def bench_wait(model_dir: str, ticks: int, placement: str) -> dict:
     import ray
     from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
 
-    from tests.verl_harness import compose_ppo_config, make_ppo_batch
+    from tests.verl_harness import compose_ppo_config, make_ppo_batch, update
     from verl_commeff.anchor.worker import AnchorWorker
     from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig
     from verl_commeff.trainer.anchor_driver import AnchorDriver
@@ -104,17 +103,14 @@ def bench_wait(model_dir: str, ticks: int, placement: str) -> dict:
     anchor.anchor_setup(cfg, 1)
     driver = AnchorDriver(_schedule(cfg), actor.commeff_snapshot,
                           anchor.anchor_fire, actor.commeff_offer)
-    from verl.utils import tensordict_utils as tu
 
     waits, tick_s = [], []
     for tick in tqdm(range(1, ticks + 1), desc=f"ticks ({placement})", unit="tick"):
         batch = make_ppo_batch(seed=tick)
         batch.batch["old_log_probs"] = torch.zeros_like(batch.batch["advantages"])
-        anchor_mb = _td(batch, update=False)
-        tu.assign_non_tensor(anchor_mb, calculate_entropy=False, global_batch_size=4, temperature=1.0)
-        driver.before_update(tick, [anchor_mb])
+        driver.before_update(tick, [_anchor_minibatch(batch)])
         start = time.perf_counter()
-        metrics = tu.get(actor.update_actor(_td(batch, update=True)), "metrics")
+        metrics = update(actor, batch)
         tick_s.append(time.perf_counter() - start)
         driver.after_update(tick)
         if tick % 2 == 0:

@@ -78,6 +78,11 @@ class TickClock:
         return range(first, first + self.ticks_per_step)
 
     # ---- advancing ---------------------------------------------------------------------
+    @property
+    def step_complete(self) -> bool:
+        """Every tick of the current step was taken (also true before the first step): a step boundary."""
+        return self.tick == self.step * self.ticks_per_step
+
     def begin_step(self) -> range:
         """Start the next global step; returns its ticks.
 
@@ -85,7 +90,7 @@ class TickClock:
             RuntimeError: the previous step did not take all its ticks (the clock would
                 drift from the optimizer).
         """
-        if self.step > 0 and self.tick != self.step * self.ticks_per_step:
+        if not self.step_complete:
             raise RuntimeError(
                 f"step {self.step} took {self.tick - (self.step - 1) * self.ticks_per_step} ticks, "
                 f"expected {self.ticks_per_step}: the mini-batch count changed mid-run"

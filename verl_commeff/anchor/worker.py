@@ -21,6 +21,7 @@ actor rank r holds. One fire (:meth:`AnchorWorker.anchor_fire`), per rank:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Optional
 
@@ -30,6 +31,7 @@ from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from verl_commeff.collectives import all_reduce_
+from verl_commeff.mergers.grad_layout import local_view
 from verl_commeff.workers.actor_state import AnchorResult, select_targets
 from verl_commeff.workers.weight_shards import load_local_shards, resolve
 
@@ -103,7 +105,7 @@ class AnchorWorker(ActorRolloutRefWorker):
         _inject_engine_keys(data, self.actor)
         with engine.train_mode(disable_auto_offload=False):  # leaving train mode releases the gradients
             engine.optimizer_zero_grad()
-            scope = state.codec.pass_scope("anchor") if state.codec is not None else _nullscope()
+            scope = state.codec.pass_scope("anchor") if state.codec is not None else contextlib.nullcontext()
             with scope:
                 engine.forward_backward_batch(data, state.loss_fn, forward_only=False)
 
@@ -145,18 +147,10 @@ class _AnchorState:
         self.offload = cfg.anchor.placement == "colocated" and not is_cpu_platform()
 
 
-class _nullscope:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _local(t: Optional[torch.Tensor]) -> torch.Tensor:
     if t is None:
         raise RuntimeError("anchor: a target parameter got no gradient (is it used by the forward?)")
-    return t.to_local() if hasattr(t, "to_local") else t
+    return local_view(t)
 
 
 def _share(data, dp_rank: int, dp_size: int):

@@ -22,6 +22,8 @@ from typing import Sequence
 
 import torch
 
+from verl_commeff.mergers.grad_layout import local_view
+
 __all__ = ["PackedSigns", "pack_signs", "sign_mask", "unpack_signs"]
 
 _BITS_PER_BYTE = 8
@@ -86,7 +88,7 @@ def pack_signs(tensors: Sequence[torch.Tensor]) -> PackedSigns:
     Returns:
         The :class:`PackedSigns`, bits on the tensors' devices.
     """
-    local = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+    local = [local_view(t) for t in tensors]
     return PackedSigns(bits=[_pack_one(t) for t in local], shapes=[t.shape for t in local])
 
 

@@ -165,7 +165,7 @@ class CommEffActorState:
     # ---- the tick ----------------------------------------------------------------------
     def begin_tick(self) -> int:
         """Advance the clock by one optimizer step (starting the next global step if due)."""
-        if self.clock.tick == self.clock.step * self.clock.ticks_per_step:
+        if self.clock.step_complete:
             self.clock.begin_step()
         return self.clock.advance()
 

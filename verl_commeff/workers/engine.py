@@ -91,8 +91,7 @@ class CommEffEngineMixin:
         Derived from the clock, not remembered, so a resumed run activates exactly as an
         uninterrupted one would.
         """
-        clock = self.commeff.clock
-        if clock.tick == clock.step * clock.ticks_per_step:
+        if self.commeff.clock.step_complete:
             self.commeff.at_step_boundary()
 
     # ---- the wrapped steps -------------------------------------------------------------
@@ -104,7 +103,7 @@ class CommEffEngineMixin:
         state.begin_tick()
         with state.pass_scope("train"):
             outputs = super().train_batch(data, loss_function)
-        if state.clock.tick == state.clock.step * state.clock.ticks_per_step:  # the step's last tick
+        if state.clock.step_complete:  # this was the step's last tick
             metrics = state.metrics()  # every rank: the merger's cross-rank checks are collective
             if self.is_mp_src_rank_with_outputs():
                 outputs["metrics"].update({key: [value] for key, value in metrics.items()})

@@ -13,17 +13,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from verl_commeff.mergers.grad_layout import local_view
+
 __all__ = ["export_local_shards", "load_local_shards", "resolve"]
-
-
-def _local(p: torch.Tensor) -> torch.Tensor:
-    return p.to_local() if hasattr(p, "to_local") else p
 
 
 def export_local_shards(module: nn.Module, device: str | torch.device = "cpu") -> list[torch.Tensor]:
     """Copies of this rank's parameter shards, in ``module.parameters()`` order."""
     with torch.no_grad():
-        return [_local(p).detach().to(device, copy=True) for p in module.parameters()]
+        return [local_view(p).detach().to(device, copy=True) for p in module.parameters()]
 
 
 def load_local_shards(module: nn.Module, shards: list[torch.Tensor]) -> None:
@@ -38,7 +36,7 @@ def load_local_shards(module: nn.Module, shards: list[torch.Tensor]) -> None:
                          "the anchor must use the actor's strategy, FSDP layout and world size")
     with torch.no_grad():
         for i, (p, s) in enumerate(zip(params, shards)):
-            local = _local(p)
+            local = local_view(p)
             if local.shape != s.shape:
                 raise ValueError(f"weight snapshot shard {i} has shape {tuple(s.shape)}, this rank's parameter "
                                  f"shard has {tuple(local.shape)}: the anchor must mirror the actor's layout")
