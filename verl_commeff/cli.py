@@ -60,7 +60,7 @@ def add_report_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "report",
         help="figures and verdict table from runs' metrics",
-        description="Write val_accuracy.png, collapse_mechanism.png, q_telemetry.png and verdict.md "
+        description="Write val_accuracy.png, train_reward.png, collapse_mechanism.png, q_telemetry.png and verdict.md "
         "(the seed's Figures 1, 2, 4 and verdict table) from runs' metrics. See docs/report.md.",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN",
@@ -68,7 +68,10 @@ def add_report_parser(subparsers) -> None:
                         "directory / event file; NAME defaults to the experiment name (file stem / directory name)")
     parser.add_argument("--baseline", required=True, metavar="NAME", help="the arm the val@gate-step gate compares against")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created if missing)")
-    parser.add_argument("--floor", type=float, default=0.63, help="no-merger floor for the terminal validation (default 0.63)")
+    floor = parser.add_mutually_exclusive_group()
+    floor.add_argument("--floor", type=float, default=0.63, help="no-merger floor for the terminal validation (default 0.63)")
+    floor.add_argument("--floor-arm", metavar="NAME",
+                       help="take the floor from this arm's terminal validation (e.g. the study's merger=none arm)")
     parser.add_argument("--noise", type=non_negative_float, default=0.024, help="± noise band in val_accuracy.png (default 0.024)")
     parser.add_argument("--gate", type=non_negative_float, default=0.05, help="allowed val@gate-step degradation (default 0.05)")
     parser.add_argument("--gate-step", type=positive_int, default=50, help="the gated val@k step (default 50)")
@@ -107,7 +110,7 @@ def run_report(args: argparse.Namespace) -> int:
         args.usage_error(str(error))
     settings = VerdictSettings(baseline=args.baseline, val_steps=args.val_steps, gate_step=args.gate_step,
                                gate=args.gate, floor=args.floor, tolerance=args.val_tolerance)
-    options = ReportOptions(out_dir=args.out, settings=settings, noise=args.noise, val_metric=args.val_metric,
+    options = ReportOptions(out_dir=args.out, settings=settings, floor_arm=args.floor_arm, noise=args.noise, val_metric=args.val_metric,
                             skip_missing=args.skip_missing, spiral=spiral)
     result = write_report(args.runs, options, log=print)
     for warning in result.warnings:

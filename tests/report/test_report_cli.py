@@ -12,7 +12,7 @@ from tests.report.synthetic_runs import VAL_KEY, drop_metric, move_validation, w
 from verl_commeff.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-FIGURES = ("val_accuracy.png", "collapse_mechanism.png", "q_telemetry.png")
+FIGURES = ("val_accuracy.png", "train_reward.png", "collapse_mechanism.png", "q_telemetry.png")
 ARMS = ("dense", "K5", "K20")
 
 
@@ -113,7 +113,7 @@ def test_skip_missing_leaves_the_figure_out_with_a_warning(k20_without_entropy, 
     assert report(k20_without_entropy, tmp_path / "out", "--skip-missing") == 0
     assert "warning: run 'K20' lacks the metric 'actor/entropy'" in capsys.readouterr().err
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == ["q_telemetry.png", "val_accuracy.png", "verdict.md"]
+    assert written == ["q_telemetry.png", "train_reward.png", "val_accuracy.png", "verdict.md"]
 
 
 def test_missing_codec_telemetry_names_the_q_figure(seed_records, seed_runs, tmp_path, capsys):
@@ -131,6 +131,19 @@ def test_missing_score_names_the_spiral_column(seed_records, seed_runs, tmp_path
     assert "run 'K20' lacks the metric 'critic/score/mean', needed by the spiral column of verdict.md" in capsys.readouterr().err
     assert report(paths, tmp_path / "out", "--skip-missing") == 0
     assert table_rows((tmp_path / "out" / "verdict.md").read_text())["K20"][-1] == "n/a (no critic/score/mean)"
+    assert not (tmp_path / "out" / "train_reward.png").exists()  # the reward figure needs every arm's score
+
+
+def test_floor_arm_takes_that_arms_terminal_validation(seed_runs, tmp_path, capsys):
+    # K20's terminal val 0.4435 is the floor: K20 itself is not below it, and nobody else is either
+    assert report(seed_runs["jsonl"], tmp_path / "out", "--floor-arm", "K20") == 0
+    verdict = (tmp_path / "out" / "verdict.md").read_text()
+    assert "no-merger floor: 0.4435" in verdict
+    assert [cells[7] for cells in table_rows(verdict).values()] == ["ok", "ok", "ok"]
+    assert report(seed_runs["jsonl"], tmp_path / "o2", "--floor-arm", "nope") == 1
+    assert "unknown floor arm 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # --floor and --floor-arm exclude each other
+        report(seed_runs["jsonl"], tmp_path / "o3", "--floor-arm", "K20", "--floor", "0.5")
 
 
 def test_missing_validation_metric_is_an_error_even_when_skipping(seed_records, seed_runs, tmp_path, capsys):

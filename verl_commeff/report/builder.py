@@ -3,7 +3,8 @@
 Missing-metric policy (docs/report.md):
 
 * the validation metric is required by everything: a run without it is an error;
-* every other metric is required by the output that uses it — ``collapse_mechanism.png``
+* every other metric is required by the output that uses it — ``train_reward.png`` (the
+  training score), ``collapse_mechanism.png``
   (length, entropy, clip fraction), ``q_telemetry.png`` (per-boundary reconstruction error
   for every arm that logs codec telemetry, plus clip fraction and length), and the spiral
   column of ``verdict.md`` (length and score). A missing one is an error naming the
@@ -19,7 +20,7 @@ All checks run before anything is written, so an error leaves no partial report.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -41,6 +42,7 @@ from verl_commeff.report.verdict import (
 __all__ = ["ReportOptions", "ReportResult", "write_report"]
 
 VAL_FIGURE = "val_accuracy.png"
+REWARD_FIGURE = "train_reward.png"
 COLLAPSE_FIGURE = "collapse_mechanism.png"
 Q_FIGURE = "q_telemetry.png"
 VERDICT_FILE = "verdict.md"
@@ -56,6 +58,8 @@ class ReportOptions:
     Args:
         out_dir: directory for the PNGs and verdict.md (created if missing).
         settings: baseline arm, gate, floor, val@k targets.
+        floor_arm: take the floor from this arm's terminal validation instead of
+            ``settings.floor`` (e.g. the no-merger arm of the same study).
         noise: half-width of the noise band of ``val_accuracy.png``.
         val_metric: the validation key to use for every arm; None = auto-detect per arm.
         skip_missing: skip an output whose metrics a run lacks instead of failing.
@@ -64,6 +68,7 @@ class ReportOptions:
 
     out_dir: Path
     settings: VerdictSettings
+    floor_arm: Optional[str] = None
     noise: float = 0.024
     val_metric: Optional[str] = None
     skip_missing: bool = False
@@ -134,6 +139,8 @@ def collect_gaps(runs: dict[str, pd.DataFrame]) -> list[MissingMetric]:
     gaps += q_figure_gaps(runs)
     for arm, table in runs.items():
         gaps += missing_in(table, arm, (names.RESPONSE_LENGTH, names.SCORE), SPIRAL_OUTPUT)
+    for arm, table in runs.items():
+        gaps += missing_in(table, arm, (names.SCORE,), REWARD_FIGURE)
     return gaps
 
 
@@ -198,6 +205,11 @@ def write_report(run_arguments: list[str], options: ReportOptions, log: Callable
         raise ReportError(f"unknown baseline {options.settings.baseline!r}: the arms are {', '.join(map(repr, runs))}")
     val_keys = {arm: options.val_metric or detect_val_metric(table, arm) for arm, table in runs.items()}
     validation = {arm: validation_series(table, val_keys[arm], arm) for arm, table in runs.items()}
+    settings = options.settings
+    if options.floor_arm is not None:
+        if options.floor_arm not in validation:
+            raise ReportError(f"unknown floor arm {options.floor_arm!r}: the arms are {', '.join(map(repr, runs))}")
+        settings = replace(settings, floor=float(validation[options.floor_arm].iloc[-1]))
     gaps = collect_gaps(runs)
     if not options.skip_missing:
         refuse_gaps(gaps)
@@ -208,16 +220,18 @@ def write_report(run_arguments: list[str], options: ReportOptions, log: Callable
     spirals = spiral_cells(runs, gaps, options.spiral)
     skipped = {gap.output for gap in gaps}
     out = options.out_dir
-    result.written.append(figures.plot_val_accuracy(validation, colors, options.settings.floor, options.noise, out / VAL_FIGURE))
+    result.written.append(figures.plot_val_accuracy(validation, colors, settings.floor, options.noise, out / VAL_FIGURE))
+    if REWARD_FIGURE not in skipped:
+        result.written.append(figures.plot_train_reward(runs, colors, out / REWARD_FIGURE))
     if COLLAPSE_FIGURE not in skipped:
         ignition = {arm: step for arm, (step, _) in spirals.items()}
         result.written.append(figures.plot_collapse_mechanism(runs, colors, ignition, out / COLLAPSE_FIGURE))
     if Q_FIGURE not in skipped:
         result.written.append(figures.plot_q_telemetry(codec_arms(runs), colors, out / Q_FIGURE))
 
-    result.verdicts = build_verdicts(runs, val_keys, spirals, options.settings)
+    result.verdicts = build_verdicts(runs, val_keys, spirals, settings)
     verdict_path = out / VERDICT_FILE
-    verdict_path.write_text(render_verdict(result.verdicts, options.settings, describe_spiral_params(options.spiral)), encoding="utf-8")
+    verdict_path.write_text(render_verdict(result.verdicts, settings, describe_spiral_params(options.spiral)), encoding="utf-8")
     result.written.append(verdict_path)
     for path in result.written:
         log(f"wrote {path}")

@@ -1,6 +1,7 @@
 """The seed's figures, drawn from any set of arms (matplotlib, Agg backend, PNG).
 
 * :func:`plot_val_accuracy` — Figure 1: validation accuracy vs step, noise band, floor.
+* :func:`plot_train_reward` — training reward vs step (raw and rolling mean).
 * :func:`plot_collapse_mechanism` — Figure 2: length / entropy / clip fraction with anchor
   fires and Q refreshes marked.
 * :func:`plot_q_telemetry` — Figure 4: reconstruction error per boundary next to clip
@@ -102,6 +103,30 @@ def plot_val_accuracy(
     ax.set_xlabel("training step")
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"Validation accuracy vs step (shaded: ±{noise:g} rollout noise)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_train_reward(runs: dict[str, pd.DataFrame], colors: dict[str, str], path: Path, window: int = 5) -> Path:
+    """Training reward (verl's ``critic/score/mean``) vs step per arm: raw (thin) and a centred rolling mean.
+
+    Args:
+        runs: arm → metrics table indexed by step.
+        colors: arm → colour.
+        path: the PNG to write.
+        window: steps of the rolling mean (the batch of one step is small and noisy).
+    """
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for arm, table in runs.items():
+        series = table[names.SCORE].dropna()
+        smooth = series.rolling(window, center=True, min_periods=1).mean()
+        ax.plot(series.index, series.to_numpy(), color=colors[arm], alpha=0.3, linewidth=0.8)
+        ax.plot(smooth.index, smooth.to_numpy(), color=colors[arm], linewidth=1.8, label=arm)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("training reward (mean score of the step's rollouts)")
+    ax.set_title(f"Training reward vs step (thick: {window}-step rolling mean)")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=9)
     fig.tight_layout()
