@@ -31,24 +31,26 @@ _CHAT_TEMPLATE = (
 )
 
 
-def _corpus(n: int, seed: int) -> list[str]:
-    from verl_commeff.presets.gsm8k_synth import INSTRUCTION, make_problem
+def _corpus(n: int, seed: int, difficulty=None) -> list[str]:
+    from verl_commeff.presets.gsm8k_synth import DIFFICULTIES, INSTRUCTION, make_problem
 
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        question, solution, _ = make_problem(rng)
+        question, solution, _ = make_problem(rng, difficulty or DIFFICULTIES["easy"])
         out.append(f"{question} {INSTRUCTION}\n{solution}")
     return out
 
 
-def build_tiny_model(out_dir: str, vocab_size: int = 512, seed: int = 0, **overrides) -> str:
+def build_tiny_model(out_dir: str, vocab_size: int = 512, seed: int = 0, difficulty=None, **overrides) -> str:
     """Write a tiny Qwen2 model + tokenizer to ``out_dir`` (a Hugging Face model directory).
 
     Args:
         out_dir: target directory (created).
         vocab_size: model vocabulary (≥ the tokenizer's size).
         seed: seeds the tokenizer corpus and the model initialisation.
+        difficulty: the :class:`~verl_commeff.presets.gsm8k_synth.Difficulty` of the
+            tokenizer's training text (default: ``easy``).
         **overrides: Qwen2Config fields replacing :data:`TINY_QWEN2`'s.
 
     Returns:
@@ -69,7 +71,7 @@ def build_tiny_model(out_dir: str, vocab_size: int = 512, seed: int = 0, **overr
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(2000, seed), trainer)
+    tok.train_from_iterator(_corpus(2000, seed, difficulty), trainer)
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
