@@ -21,6 +21,9 @@ CADENCE=${CADENCE:-5}                   # commeff.anchor.cadence (ticks)
 Q_CADENCE=${Q_CADENCE:-null}            # commeff.codec.q_cadence (null = CADENCE)
 MU=${MU:-1.0}                           # commeff.merger.age_decay (1.0 = off)
 MERGER=${MERGER:-signed_ema}            # commeff.merger.name (signed_ema | none)
+BETA=${BETA:-0.5}                       # commeff.anchor.beta (the anchor EMA; 0 = the latest M only)
+ADAPTIVE=${ADAPTIVE:-off}               # commeff.merger.adaptive.mode (off | ratio | cos)
+LAMBDA_CAP=${LAMBDA_CAP:-1.0}           # commeff.merger.adaptive.cap
 SYNC=${SYNC:-strict}                    # commeff.anchor.sync (strict | free)
 PROJECT=${PROJECT:-verl_commeff_gsm8k}
 EXP=${EXP:-commeff_k${K}_c${CADENCE}}
@@ -50,7 +53,9 @@ cpu_tiny)
     STEPS=${STEPS:-12}
     NGPUS=1                              # one actor process (and one anchor process)
     ROLLOUT=${ROLLOUT:-hf}
-    TRAIN_BATCH=8 MINI_BATCH=4 MICRO_BATCH=4 N=2 LR=1e-3 PROMPT_LEN=96 RESPONSE_LEN=16
+    # 16 prompts x 8 responses per step, 2 ticks per step (mini-batch 8 prompts), like the seed's surface
+    TRAIN_BATCH=${TRAIN_BATCH:-16} MINI_BATCH=${MINI_BATCH:-8} MICRO_BATCH=${MICRO_BATCH:-32} N=${N:-8}
+    LR=${LR:-5e-4} PROMPT_LEN=96 RESPONSE_LEN=${RESPONSE_LEN:-48}
     TEST_FREQ=${TEST_FREQ:-6} RANK=16 PP_SIZE=2 REMOVE_PADDING=False
     preset=(
         trainer.device=cpu
@@ -59,13 +64,18 @@ cpu_tiny)
         actor_rollout_ref.actor.use_torch_compile=False
         actor_rollout_ref.actor.fsdp_config.use_torch_compile=False
         "+actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype: fp32, reduce_dtype: fp32, buffer_dtype: fp32}"
-        actor_rollout_ref.actor.entropy_coeff=0.01   # a random tiny model scores 0: keep a non-zero gradient
+        actor_rollout_ref.actor.entropy_coeff=0      # the seed's; the warm-started tiny model has a reward signal
         actor_rollout_ref.rollout.dtype=float32
         actor_rollout_ref.rollout.agent.num_workers=1
+        # validation samples like training (temperature 1, 2 per problem): the policy GRPO trains, less noise
+        actor_rollout_ref.rollout.val_kwargs.do_sample=True
+        actor_rollout_ref.rollout.val_kwargs.temperature=1.0
+        actor_rollout_ref.rollout.val_kwargs.n=2
         data.filter_overlong_prompts=False
         data.dataloader_num_workers=0
         +ray_kwargs.ray_init.num_cpus=16          # logical CPUs: TransferQueue reserves one per storage unit
         transfer_queue.backend.SimpleStorage.num_data_storage_units=2
+        +trainer.v1.sampler.sampler_kwargs.poll_interval=0.05   # verl polls finished rollouts every 2 s
     )
     ;;
 *)
@@ -126,8 +136,10 @@ commeff=(
     commeff.anchor.n_gpus_per_node="$NGPUS"
     commeff.merger.name="$MERGER"
     commeff.merger.alpha=0.25
-    commeff.anchor.beta=0.5
+    commeff.anchor.beta="$BETA"
     commeff.merger.age_decay="$MU"
+    commeff.merger.adaptive.mode="$ADAPTIVE"
+    commeff.merger.adaptive.cap="$LAMBDA_CAP"
 )
 
 cmd=(python3 -m verl_commeff.main "${data[@]}" "${model[@]}" "${actor[@]}" "${rollout[@]}" "${algorithm[@]}"

@@ -11,6 +11,8 @@
 - at every actor update, the :class:`~verl_commeff.trainer.anchor_driver.AnchorDriver`
   submits the fires whose mini-batch is in this step and hands their futures to the actor;
 - ``actor/commeff/*`` worker metrics are logged as ``commeff/*``;
+- ``trainer.v1.sampler.sampler_kwargs.poll_interval`` sets the replay buffer's poll interval
+  (verl's is a fixed 2 s per step);
 - on a CPU-only Ray cluster the resource check counts CPUs (verl's counts GPUs only).
 
 With ``commeff.enable=false`` it is verl's sync trainer with the stock actor.
@@ -68,6 +70,13 @@ class CommEffTrainer(PPOTrainerSync):
         self.trainer_mode = "sync"
         self.parameter_sync_step = 1
         self.replay_buffer = self._build_replay_buffer()
+        # verl's replay buffer sleeps poll_interval (2 s) between checks for finished rollouts, which is
+        # most of a tiny step; it is a constructor argument only, so honour sampler_kwargs.poll_interval.
+        poll = config.trainer.v1.sampler.get("sampler_kwargs", {}).get("poll_interval")
+        if poll is not None:
+            if not isinstance(poll, (int, float)) or isinstance(poll, bool) or poll <= 0:
+                raise ValueError(f"trainer.v1.sampler.sampler_kwargs.poll_interval={poll!r}: must be a number > 0")
+            self.replay_buffer.poll_interval = float(poll)
 
         self.commeff_cfg = to_commeff_config(config.get("commeff"))  # absent in the drop-in form: defaults
         actor = config.actor_rollout_ref.actor
