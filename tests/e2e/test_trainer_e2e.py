@@ -1,25 +1,20 @@
 """End to end on CPU: verl's real trainer entry point with the plugin, the anchor group and validation.
 
 Runs the recipe the way a user does (``recipes/gsm8k_grpo_commeff.sh`` in its cpu_tiny
-preset, a few steps), then reads the metrics verl's file logger wrote. A second case runs
-the drop-in form: verl's own ``main_ppo`` with the documented overrides.
+preset), then reads the metrics verl's file logger wrote (the run is the session's
+``commeff_run``, which the learning test reads too). A second case runs the drop-in form:
+verl's own ``main_ppo`` with the documented overrides, a third stops and resumes.
 Each run costs about two minutes on 2 cores (Ray, TransferQueue and worker start-up).
 """
 
-import json
 import math
-import os
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
-
+from tests.e2e.conftest import CADENCE, K, STEPS, TEST_FREQ, TICKS_PER_STEP
+from tests.e2e.harness import records, recipe_env, run
 from verl_commeff.schedule import FireSchedule
-
-ROOT = Path(__file__).resolve().parents[2]
-STEPS, TEST_FREQ, K, CADENCE, TICKS_PER_STEP = 4, 2, 2, 2, 2  # cpu_tiny: train batch 8, mini-batch 4
 
 # every commeff/ metric a step with a fire must log (SPEC §6)
 EXPECTED = {
@@ -32,37 +27,17 @@ EXPECTED = {
 }
 
 
-def _env(tmp_path, exp):
-    # the recipe calls `python3`: make it this interpreter (the project's venv), activated or not
-    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    return {**os.environ, "PATH": path, "PRESET": "cpu_tiny", "PRESET_DIR": str(tmp_path / "preset"), "STEPS": str(STEPS),
-            "TEST_FREQ": str(TEST_FREQ), "K": str(K), "CADENCE": str(CADENCE), "EXP": exp, "PROJECT": "e2e",
-            "VERL_FILE_LOGGER_ROOT": str(tmp_path / "logs"), "TOKENIZERS_PARALLELISM": "false"}
-
-
-def _run(cmd, env, tmp_path, name):
-    log = tmp_path / f"{name}.log"
-    with open(log, "w") as out:
-        code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=900).returncode
-    assert code == 0, f"{name} failed ({code}):\n" + log.read_text()[-4000:]
-
-
-def _records(tmp_path, exp):
-    path = tmp_path / "logs" / "e2e" / f"{exp}.jsonl"
-    return {row["step"]: row["data"] for row in map(json.loads, path.read_text().splitlines())}
-
-
-def _check_commeff_run(records):
+def _check_commeff_run(records, steps=STEPS, test_freq=TEST_FREQ):
     train_steps = sorted(s for s, d in records.items() if "actor/pg_loss" in d)
-    assert train_steps == list(range(1, STEPS + 1))  # the expected number of training steps ran
+    assert train_steps == list(range(1, steps + 1))  # the expected number of training steps ran
 
     schedule = FireSchedule(K, CADENCE, TICKS_PER_STEP)
-    last = records[STEPS]
-    ticks = STEPS * TICKS_PER_STEP
+    last = records[steps]
+    ticks = steps * TICKS_PER_STEP
     assert last["commeff/tick"] == ticks
     assert last["commeff/anchor/fires_used"] == schedule.fires_through(ticks)  # the anchor fired as scheduled
     assert last["commeff/anchor/backwards"] == schedule.fires_through(ticks)  # and really ran a backward each time
-    assert last["commeff/anchor/fires"] == sum(len(schedule.fires_sourced_in_step(s)) for s in range(1, STEPS + 1))
+    assert last["commeff/anchor/fires"] == sum(len(schedule.fires_sourced_in_step(s)) for s in range(1, steps + 1))
     fire_steps = [s for s in train_steps if "commeff/anchor/age" in records[s]]
     assert all(records[s]["commeff/anchor/age"] == K for s in fire_steps[1:])  # strict: staleness exactly K
 
@@ -78,7 +53,7 @@ def _check_commeff_run(records):
 
     # validation was logged (before training and every TEST_FREQ steps)
     val = {s for s, d in records.items() if any(k.startswith("val-core/openai/gsm8k/") for k in d)}
-    assert val == {0, *range(TEST_FREQ, STEPS + 1, TEST_FREQ)}
+    assert val == {0, *range(test_freq, steps + 1, test_freq)}
 
     # every commeff/ metric is present and finite
     for step in fire_steps:
@@ -89,38 +64,34 @@ def _check_commeff_run(records):
                 assert math.isfinite(value), (step, key, value)
 
 
-def test_recipe_end_to_end(tmp_path):
-    _run(["bash", "recipes/gsm8k_grpo_commeff.sh", "trainer.default_local_dir=" + str(tmp_path / "ckpt")],
-         _env(tmp_path, "recipe"), tmp_path, "recipe")
-    _check_commeff_run(_records(tmp_path, "recipe"))
+def test_recipe_end_to_end(commeff_run):
+    _check_commeff_run(commeff_run)
 
 
-def test_drop_in_on_verls_main_ppo(tmp_path):
+def test_drop_in_on_verls_main_ppo(tmp_path, learnable_preset):
     """The same run through `python -m verl.trainer.main_ppo` + trainer_mode=commeff + `+commeff.*` overrides."""
-    env = _env(tmp_path, "dropin")
+    env = recipe_env(tmp_path, learnable_preset, "dropin", STEPS=4, TEST_FREQ=2, K=K, CADENCE=CADENCE)
     dry = subprocess.run(["bash", "recipes/gsm8k_grpo_commeff.sh"], cwd=ROOT, env={**env, "DRY_RUN": "1"},
                          capture_output=True, text=True, check=True).stdout
     args = shlex.split(next(line for line in dry.splitlines() if "verl_commeff.main" in line))
     overrides = args[args.index("verl_commeff.main") + 1 :]
     overrides = [("+" + o if o.startswith("commeff.") else o) for o in overrides]
-    subprocess.run([sys.executable, "-m", "verl_commeff.presets", "--out", env["PRESET_DIR"]], check=True, env=env)
-    _run([sys.executable, "-m", "verl.trainer.main_ppo", *overrides, "trainer.v1.trainer_mode=commeff",
-          "trainer.default_local_dir=" + str(tmp_path / "ckpt")], env, tmp_path, "dropin")
-    _check_commeff_run(_records(tmp_path, "dropin"))
+    run([sys.executable, "-m", "verl.trainer.main_ppo", *overrides, "trainer.v1.trainer_mode=commeff",
+         "trainer.default_local_dir=" + str(tmp_path / "ckpt")], env, tmp_path, "dropin")
+    _check_commeff_run(records(tmp_path, "dropin"), steps=4, test_freq=2)
 
 
-def test_resume_continues_clock_anchor_and_q_exactly(tmp_path):
+def test_resume_continues_clock_anchor_and_q_exactly(tmp_path, learnable_preset):
     """Stop after step 3 (checkpoint), resume to step 5: the run continues as an uninterrupted one would."""
     ckpt = "trainer.default_local_dir=" + str(tmp_path / "ckpt")
-    first = {**_env(tmp_path, "resume"), "STEPS": "3", "TEST_FREQ": "-1"}
-    _run(["bash", "recipes/gsm8k_grpo_commeff.sh", ckpt, "trainer.save_freq=3", "trainer.val_before_train=False"],
+    first = recipe_env(tmp_path, learnable_preset, "resume", STEPS=3, TEST_FREQ=-1, K=K, CADENCE=CADENCE)
+    run(["bash", "recipes/gsm8k_grpo_commeff.sh", ckpt, "trainer.save_freq=3", "trainer.val_before_train=False"],
          first, tmp_path, "first")
-    before = _records(tmp_path, "resume")
+    before = records(tmp_path, "resume")
     second = {**first, "STEPS": "5", "VERL_FILE_LOGGER_ROOT": str(tmp_path / "logs2")}
-    _run(["bash", "recipes/gsm8k_grpo_commeff.sh", ckpt, "trainer.resume_mode=auto", "trainer.val_before_train=False"],
+    run(["bash", "recipes/gsm8k_grpo_commeff.sh", ckpt, "trainer.resume_mode=auto", "trainer.val_before_train=False"],
          second, tmp_path, "second")
-    path = tmp_path / "logs2" / "e2e" / "resume.jsonl"
-    after = {row["step"]: row["data"] for row in map(json.loads, path.read_text().splitlines())}
+    after = records(tmp_path, "resume", logs="logs2")
     assert sorted(before) == [1, 2, 3] and sorted(after) == [4, 5]
 
     schedule = FireSchedule(K, CADENCE, TICKS_PER_STEP)

@@ -1,0 +1,36 @@
+"""Session fixtures of the e2e tests: the shared learnable preset and the runs several tests read."""
+
+import pytest
+
+from tests.e2e.harness import ROOT, build_preset, records, recipe_env, run
+
+# The comm-eff run both the machinery checks and the learning test read (cpu_tiny: 16 prompts per step,
+# mini-batch 8 -> 2 ticks per step).
+STEPS, TEST_FREQ, K, CADENCE, TICKS_PER_STEP = 10, 5, 2, 2, 2
+
+
+@pytest.fixture(scope="session")
+def learnable_preset(tmp_path_factory):
+    return build_preset(tmp_path_factory.mktemp("learnable_preset"))
+
+
+@pytest.fixture(scope="session")
+def commeff_run(tmp_path_factory, learnable_preset):
+    """recipes/gsm8k_grpo_commeff.sh, K=2, cadence 2, separate anchor group, validation every TEST_FREQ steps."""
+    tmp = tmp_path_factory.mktemp("commeff_run")
+    env = recipe_env(tmp, learnable_preset, "recipe", STEPS=STEPS, TEST_FREQ=TEST_FREQ, K=K, CADENCE=CADENCE)
+    run(["bash", "recipes/gsm8k_grpo_commeff.sh", f"trainer.default_local_dir={tmp / 'ckpt'}"], env, tmp, "recipe")
+    return records(tmp, "recipe")
+
+
+@pytest.fixture(scope="session")
+def dense_run(tmp_path_factory, learnable_preset):
+    """recipes/gsm8k_grpo_dense.sh (plugin off), same steps, no validation."""
+    tmp = tmp_path_factory.mktemp("dense_run")
+    env = recipe_env(tmp, learnable_preset, "dense", STEPS=STEPS, TEST_FREQ=-1)
+    run(["bash", "recipes/gsm8k_grpo_dense.sh", f"trainer.default_local_dir={tmp / 'ckpt'}",
+         "trainer.val_before_train=False"], env, tmp, "dense")
+    return records(tmp, "dense")
+
+
+__all__ = ["ROOT", "STEPS", "TEST_FREQ", "K", "CADENCE", "TICKS_PER_STEP"]
