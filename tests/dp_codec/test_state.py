@@ -91,3 +91,18 @@ def test_state_validates_like_the_config():
         DPCodecState(rank=0)
     s = DPCodecState.from_config(DPCodecConfig(rank=4, start_iter=3, warm_start=False))
     assert (s.rank, s.start_iter, s.warm_start, s.use_error_feedback) == (4, 3, False, True)
+
+
+def test_orthonormalize_matches_torch_and_handles_bf16():
+    from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import _orthogonalize
+
+    from verl_commeff.dp_codec import orthonormalize
+
+    for r in (1, 2, 5):
+        p = torch.randn(3, 40, r, generator=torch.Generator().manual_seed(r))
+        reference = p.clone()
+        _orthogonalize(reference)  # torch's own: Gram-Schmidt for r <= 2, QR above
+        torch.testing.assert_close(orthonormalize(p), reference, atol=1e-5, rtol=1e-4)
+    low = orthonormalize(torch.randn(1, 40, 4).bfloat16())
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close((low[0].float().T @ low[0].float()), torch.eye(4), atol=2e-2, rtol=0)

@@ -88,13 +88,15 @@ def orthonormalize(p: torch.Tensor) -> torch.Tensor:
 
     torch's ``_orthogonalize`` takes the Q factor of ``torch.linalg.qr`` for r > 2 and
     Gram-Schmidt for r ≤ 2; Gram-Schmidt is the QR whose R has a non-negative diagonal,
-    so for r ≤ 2 the column signs are fixed that way.
+    so for r ≤ 2 the column signs are fixed that way. Half-precision input is factored in
+    fp32 (torch's QR has no half kernel) and returned in its own dtype.
     """
-    q, r = torch.linalg.qr(p)  # (batch, n, r), (batch, r, r)
+    low_precision = p.dtype in (torch.float16, torch.bfloat16)  # no QR kernel: factor in fp32
+    q, r = torch.linalg.qr(p.float() if low_precision else p)  # (batch, n, r), (batch, r, r)
     if p.shape[-1] <= 2:
         signs = torch.where(torch.diagonal(r, dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(q.dtype)  # (batch, r)
         q = q * signs.unsqueeze(-2)
-    return q
+    return q.to(p.dtype)
 
 
 class _Wire:
