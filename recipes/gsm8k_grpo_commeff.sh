@@ -10,6 +10,7 @@
 #   DRY_RUN=1 bash recipes/gsm8k_grpo_commeff.sh                 # print the command, run nothing
 #   bash recipes/gsm8k_grpo_commeff.sh trainer.total_epochs=2    # extra verl/commeff overrides go last
 #   PRESET=cpu_tiny bash recipes/gsm8k_grpo_commeff.sh           # the tiny CPU demo (no GPU, no downloads)
+#   DP_CODEC=1 FSDP_SIZE=2 bash recipes/gsm8k_grpo_commeff.sh     # + PowerSGD across 2 HSDP replicas (SPEC §5)
 #
 # Data: verl's GSM8K parquet layout; `python -m verl_commeff.data.gsm8k --local_dir $DATA_DIR` makes it.
 set -xeuo pipefail
@@ -25,6 +26,15 @@ BETA=${BETA:-0.5}                       # commeff.anchor.beta (the anchor EMA; 0
 ADAPTIVE=${ADAPTIVE:-off}               # commeff.merger.adaptive.mode (off | ratio | cos)
 LAMBDA_CAP=${LAMBDA_CAP:-1.0}           # commeff.merger.adaptive.cap
 SYNC=${SYNC:-strict}                    # commeff.anchor.sync (strict | free)
+DP_CODEC=${DP_CODEC:-0}                 # 1: commeff.dp_codec.enable (PowerSGD on the gradient across HSDP replicas)
+DP_RANK=${DP_RANK:-77}                  # commeff.dp_codec.rank
+DP_START=${DP_START:-10}                # commeff.dp_codec.start_iter (ticks exchanged densely first)
+FSDP_SIZE=${FSDP_SIZE:--1}              # actor fsdp_size; < the actor's GPUs makes an HSDP mesh of GPUs/FSDP_SIZE replicas
+case "$DP_CODEC" in
+0) DP_ENABLE=False ;;
+1) DP_ENABLE=True ;;
+*) echo "DP_CODEC must be 0 or 1, got '$DP_CODEC'" >&2; exit 2 ;;
+esac
 PROJECT=${PROJECT:-verl_commeff_gsm8k}
 EXP=${EXP:-commeff_k${K}_c${CADENCE}}
 DRY_RUN=${DRY_RUN:-0}
@@ -98,6 +108,7 @@ model=(
 )
 actor=(
     actor_rollout_ref.actor.strategy=fsdp2
+    actor_rollout_ref.actor.fsdp_config.fsdp_size="$FSDP_SIZE"
     actor_rollout_ref.actor.optim.lr="$LR"
     actor_rollout_ref.actor.ppo_mini_batch_size="$MINI_BATCH"
     actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu="$MICRO_BATCH"
@@ -140,6 +151,9 @@ commeff=(
     commeff.merger.age_decay="$MU"
     commeff.merger.adaptive.mode="$ADAPTIVE"
     commeff.merger.adaptive.cap="$LAMBDA_CAP"
+    commeff.dp_codec.enable="$DP_ENABLE"
+    commeff.dp_codec.rank="$DP_RANK"
+    commeff.dp_codec.start_iter="$DP_START"
 )
 
 cmd=(python3 -m verl_commeff.main "${data[@]}" "${model[@]}" "${actor[@]}" "${rollout[@]}" "${algorithm[@]}"

@@ -8,6 +8,7 @@ from verl_commeff.config import (
     CodecConfig,
     CommEffConfig,
     CommEffConfigError,
+    DPCodecConfig,
     MergerConfig,
     check_against_model,
 )
@@ -117,6 +118,7 @@ def test_yaml_node_matches_the_dataclasses_and_documents_every_field():
     check(AnchorConfig, node.anchor, 2)
     check(MergerConfig, node.merger, 2)
     check(AdaptiveLambdaConfig, node.merger.adaptive, 4)
+    check(DPCodecConfig, node.dp_codec, 2)
 
 
 def test_to_commeff_config_from_yaml_node_and_unknown_keys():
@@ -131,3 +133,39 @@ def test_to_commeff_config_from_yaml_node_and_unknown_keys():
         to_commeff_config({"anchor": {"delay": 3}})
     with pytest.raises(CommEffConfigError, match="commeff.merger.adaptive.mode='x'"):
         to_commeff_config({"merger": {"adaptive": {"mode": "x"}}})
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(enable="yes"), "commeff.dp_codec.enable='yes' is out of range: must be true or false"),
+        (dict(rank=0), "commeff.dp_codec.rank=0 is out of range: must be an integer >= 1"),
+        (dict(rank=4.0), "commeff.dp_codec.rank=4.0 is out of range"),
+        (dict(start_iter=-1), "commeff.dp_codec.start_iter=-1 is out of range: must be an integer >= 0"),
+        (dict(min_compression_rate=0.0), "commeff.dp_codec.min_compression_rate=0.0 is out of range: must be a number in (0, inf)"),
+        (dict(min_compression_rate=float("inf")), "commeff.dp_codec.min_compression_rate=inf is out of range"),
+        (dict(min_compression_rate="2"), "commeff.dp_codec.min_compression_rate='2' is out of range"),
+        (dict(use_error_feedback=1), "commeff.dp_codec.use_error_feedback=1 is out of range: must be true or false"),
+        (dict(warm_start=None), "commeff.dp_codec.warm_start=None is out of range"),
+        (dict(seed=-3), "commeff.dp_codec.seed=-3 is out of range: must be an integer >= 0"),
+    ],
+)
+def test_dp_codec_knobs_are_validated(kwargs, message):
+    from verl_commeff.config import DPCodecConfig
+
+    with pytest.raises(CommEffConfigError) as err:
+        DPCodecConfig(**kwargs)
+    assert message in str(err.value)
+
+
+def test_dp_codec_section_defaults_and_yaml_override():
+    from verl_commeff.config import DPCodecConfig, to_commeff_config
+
+    c = CommEffConfig()
+    assert isinstance(c.dp_codec, DPCodecConfig) and c.dp_codec.enable is False
+    assert (c.dp_codec.rank, c.dp_codec.start_iter, c.dp_codec.min_compression_rate) == (77, 10, 2.0)
+    assert c.dp_codec.use_error_feedback and c.dp_codec.warm_start
+    cfg = to_commeff_config({"dp_codec": {"enable": True, "rank": 4, "start_iter": 0}})
+    assert cfg.dp_codec.enable and cfg.dp_codec.rank == 4 and cfg.dp_codec.start_iter == 0
+    with pytest.raises(CommEffConfigError, match=r"commeff.dp_codec.ranks is not a knob"):
+        to_commeff_config({"dp_codec": {"ranks": 4}})

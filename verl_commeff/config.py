@@ -28,6 +28,7 @@ __all__ = [
     "AnchorConfig",
     "CodecConfig",
     "CommEffConfig",
+    "DPCodecConfig",
     "CommEffConfigError",
     "MergerConfig",
     "check_against_model",
@@ -59,6 +60,11 @@ def _check_float(path: str, value: Any, lo: float, hi: float, lo_open: bool = Fa
         _fail(path, value, allowed)
     if value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
         _fail(path, value, allowed)
+
+
+def _check_bool(path: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        _fail(path, value, "true or false")
 
 
 def _check_choice(path: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -214,6 +220,50 @@ class MergerConfig(BaseConfig):
 
 
 @dataclass
+class DPCodecConfig(BaseConfig):
+    """PowerSGD on the data-parallel gradient across HSDP replicas (SPEC §5), torch's knobs.
+
+    The matrices named by ``commeff.anchor.targets`` are exchanged between replicas as
+    low-rank factors (P = G·Q, Q = Gᵀ·P̂, per row shard); every other gradient, and every
+    gradient before ``start_iter``, is all-reduced densely across replicas. Inside a replica
+    FSDP2's dense reduce-scatter is unchanged. With one replica the same maths runs on the
+    already-reduced gradient (simulation: bytes are logical).
+
+    Args:
+        enable: exchange the actor's gradient across replicas with PowerSGD.
+        rank: r, the columns of P (n × r) and Q (m × r) per matrix; ≥ 1 (capped at
+            min(n, m) per matrix, as torch does).
+        start_iter: optimizer steps (ticks) exchanged densely before compression starts
+            (torch's ``start_powerSGD_iter``); ≥ 0.
+        min_compression_rate: a matrix is compressed only if (n + m)·r·rate < n·m (torch's
+            rule); smaller ones go dense; > 0.
+        use_error_feedback: add the previous step's compression error to the gradient
+            before compressing (torch's default: on).
+        warm_start: reuse the previous step's Q (re-orthonormalised) instead of a fresh
+            random Q every step (torch's default: on).
+        seed: seed of the random Q initialisation (torch's ``random_seed``); ≥ 0.
+    """
+
+    enable: bool = False
+    rank: int = 77
+    start_iter: int = 10
+    min_compression_rate: float = 2.0
+    use_error_feedback: bool = True
+    warm_start: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_bool("commeff.dp_codec.enable", self.enable)
+        _check_int("commeff.dp_codec.rank", self.rank, 1)
+        _check_int("commeff.dp_codec.start_iter", self.start_iter, 0)
+        _check_float("commeff.dp_codec.min_compression_rate", self.min_compression_rate, 0.0, float("inf"),
+                      lo_open=True, hi_open=True)
+        _check_bool("commeff.dp_codec.use_error_feedback", self.use_error_feedback)
+        _check_bool("commeff.dp_codec.warm_start", self.warm_start)
+        _check_int("commeff.dp_codec.seed", self.seed, 0)
+
+
+@dataclass
 class CommEffConfig(BaseConfig):
     """The whole ``commeff`` node.
 
@@ -222,15 +272,18 @@ class CommEffConfig(BaseConfig):
         codec: the boundary PowerSGD codec.
         anchor: the anchor worker group and its schedule.
         merger: the per-tick merger and its dose control.
+        dp_codec: PowerSGD on the data-parallel gradient across HSDP replicas (off by default).
     """
 
     enable: bool = True
     codec: CodecConfig = field(default_factory=CodecConfig)
     anchor: AnchorConfig = field(default_factory=AnchorConfig)
     merger: MergerConfig = field(default_factory=MergerConfig)
+    dp_codec: DPCodecConfig = field(default_factory=DPCodecConfig)
 
     def __post_init__(self):
-        for name, cls in (("codec", CodecConfig), ("anchor", AnchorConfig), ("merger", MergerConfig)):
+        sections = (("codec", CodecConfig), ("anchor", AnchorConfig), ("merger", MergerConfig), ("dp_codec", DPCodecConfig))
+        for name, cls in sections:
             value = getattr(self, name)
             if isinstance(value, dict):
                 object.__setattr__(self, name, cls(**value))
@@ -289,6 +342,7 @@ _NESTED = {
     (CommEffConfig, "codec"): CodecConfig,
     (CommEffConfig, "anchor"): AnchorConfig,
     (CommEffConfig, "merger"): MergerConfig,
+    (CommEffConfig, "dp_codec"): DPCodecConfig,
     (MergerConfig, "adaptive"): AdaptiveLambdaConfig,
 }
 

@@ -51,6 +51,20 @@ def test_knobs_and_extra_overrides_reach_the_config():
     assert cfg.trainer.total_training_steps == 100 and cfg.actor_rollout_ref.rollout.name == "hf"
 
 
+def test_dp_codec_knob_turns_on_powersgd_across_hsdp_replicas():
+    (overrides,) = _dry_run("gsm8k_grpo_commeff.sh")
+    cfg, commeff = _composed(overrides)
+    assert not commeff.dp_codec.enable and cfg.actor_rollout_ref.actor.fsdp_config.fsdp_size == -1
+    env = {"DP_CODEC": "1", "FSDP_SIZE": "2", "DP_RANK": "32", "DP_START": "4"}
+    (overrides,) = _dry_run("gsm8k_grpo_commeff.sh", env)
+    cfg, commeff = _composed(overrides)
+    assert commeff.dp_codec.enable and (commeff.dp_codec.rank, commeff.dp_codec.start_iter) == (32, 4)
+    assert cfg.actor_rollout_ref.actor.fsdp_config.fsdp_size == 2
+    bad = subprocess.run(["bash", str(RECIPES / "gsm8k_grpo_commeff.sh")], env={**os.environ, "DRY_RUN": "1", "DP_CODEC": "yes"},
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "DP_CODEC must be 0 or 1" in bad.stderr
+
+
 def test_dense_recipe_turns_the_plugin_off():
     (overrides,) = _dry_run("gsm8k_grpo_dense.sh")
     cfg, commeff = _composed(overrides)

@@ -66,3 +66,92 @@ def _body(rank, world_size, model_dir):
 
 def test_merged_gradient_on_two_ranks(tiny_model_dir):
     run_on_gloo(_body, world_size=2, args=(tiny_model_dir,))
+
+
+def _hsdp_body(rank, world_size, model_dir):
+    """verl's FSDP2 actor on an HSDP mesh of 2 replicas × 1 shard (fsdp_size=1) with commeff.dp_codec."""
+    os.environ.update(LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
+    import torch.distributed as dist
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.engine_workers import ActorRolloutRefWorker
+    from verl.workers.utils.padding import left_right_2_no_padding
+
+    from tests.verl_harness import GradsAtStep, compose_ppo_config, make_ppo_batch
+    from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig, DPCodecConfig, MergerConfig
+    from verl_commeff.workers.actor_worker import CommEffActorRolloutRefWorker
+
+    config = compose_ppo_config(model_dir, "fsdp2", micro_batch=1, extra=(
+        "actor_rollout_ref.actor.optim.clip_grad=1e9", "actor_rollout_ref.actor.fsdp_config.fsdp_size=1",
+    )).actor_rollout_ref
+
+    def commeff(start_iter):
+        return CommEffConfig(codec=CodecConfig(enable=False, q_source="fast"), anchor=AnchorConfig(enable=False),
+                             merger=MergerConfig(name="none"),
+                             dp_codec=DPCodecConfig(enable=True, rank=2, start_iter=start_iter))
+
+    stock = ActorRolloutRefWorker(config, role="actor")
+    dense, psgd = CommEffActorRolloutRefWorker(config, role="actor"), CommEffActorRolloutRefWorker(config, role="actor")
+    for w in (stock, dense, psgd):
+        w.init_model()
+    assert stock.actor.engine.device_mesh.mesh_dim_names == ("ddp", "fsdp")
+    dense.commeff_setup(commeff(start_iter=10**6), ticks_per_step=1)
+    psgd.commeff_setup(commeff(start_iter=0), ticks_per_step=1)
+    grads = {name: GradsAtStep(w) for name, w in (("stock", stock), ("dense", dense), ("psgd", psgd))}
+
+    batch = make_ppo_batch(seed=0)
+    batch.batch["old_log_probs"] = torch.zeros_like(batch.batch["advantages"])
+    mine = batch[rank * 2 : (rank + 1) * 2]  # this replica's share, as verl's dispatch gives it
+    counts, metrics = {}, {}
+    orig = dist.all_reduce
+    for name, worker in (("stock", stock), ("dense", dense), ("psgd", psgd)):
+        replica_group = worker.actor.engine.device_mesh.get_group("ddp")
+        seen = counts[name] = {"calls": 0, "bytes": 0}
+
+        def counting(tensor, op=dist.ReduceOp.SUM, group=None, async_op=False, seen=seen, replica_group=replica_group):
+            if group is replica_group and tensor.numel() > 4:  # not verl's own scalar metric reductions
+                seen["calls"] += 1
+                seen["bytes"] += tensor.numel() * tensor.element_size()
+            return orig(tensor, op=op, group=group, async_op=async_op)
+
+        td = left_right_2_no_padding(mine.to_tensordict())
+        tu.assign_non_tensor(td, calculate_entropy=False, global_batch_size=4, mini_batch_size=4, epochs=1, seed=1,
+                             dataloader_kwargs={"shuffle": False}, compute_loss=True)
+        dist.all_reduce = counting
+        try:
+            metrics[name] = tu.get(worker.update_actor(td), "metrics")
+        finally:
+            dist.all_reduce = orig
+
+    params = {name: dict(w.actor.engine.module.named_parameters()) for name, w in
+              (("stock", stock), ("dense", dense), ("psgd", psgd))}
+    dense_bytes = sum(p.to_local().numel() * 4 for p in params["dense"].values())
+
+    def grad(name, pname):
+        return grads[name].grads[0][id(params[name][pname])].to_local()
+
+    # stock HSDP all-reduces every FSDP unit's shard across replicas in every micro-batch's backward
+    # (2 micro-batches here: twice the gradient's bytes)
+    assert counts["stock"]["calls"] >= 4 and counts["stock"]["bytes"] == 2 * dense_bytes, (counts, dense_bytes)
+    # owned, dense: one flat all-reduce of every gradient, and the optimizer sees stock's global mean
+    assert counts["dense"] == {"calls": 1, "bytes": dense_bytes}, (counts, dense_bytes)
+    assert metrics["dense"]["commeff/bytes/dp_codec/sent"][0] == dense_bytes
+    for pname in params["stock"]:
+        torch.testing.assert_close(grad("dense", pname), grad("stock", pname), rtol=1e-6, atol=1e-9, msg=pname)
+    # owned, PowerSGD: two flat all-reduces of P's and Q's plus one dense; bytes as the ledger says
+    state = psgd.actor.engine.commeff
+    targets = {n for n, p in params["psgd"].items() if any(p is t for _, t in state.targets)}
+    sent = metrics["psgd"]["commeff/bytes/dp_codec/sent"][0]
+    assert counts["psgd"] == {"calls": 3, "bytes": sent} and sent < dense_bytes  # embeddings/head stay dense
+    for pname in params["stock"]:
+        got, want = grad("psgd", pname), grad("stock", pname)
+        if pname in targets:
+            assert torch.linalg.matrix_rank(got) <= 2 and not torch.allclose(got, want)
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9, msg=pname)
+    both = [torch.empty_like(grad("psgd", sorted(targets)[0])) for _ in range(2)]
+    dist.all_gather(both, grad("psgd", sorted(targets)[0]).contiguous())
+    assert torch.equal(both[0], both[1])  # identical on both replicas
+
+
+def test_hsdp_actor_owns_the_replica_exchange(tiny_model_dir):
+    run_on_gloo(_hsdp_body, world_size=2, args=(tiny_model_dir,))

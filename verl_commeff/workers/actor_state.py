@@ -8,7 +8,8 @@ engine mixin (:mod:`verl_commeff.workers.engine`) calls it at four points:
 1. ``begin_tick()`` when a PPO mini-batch starts (``train_batch``): the clock advances;
 2. ``pass_scope("train" | "old_log_prob" | "ref")`` around the engine's forwards;
 3. ``before_optimizer_step(grads)`` after backward and FSDP's reduction, before
-   clipping: takes the anchor result due at this tick, refreshes Q when due, merges;
+   clipping: exchanges the gradient across HSDP replicas (``commeff.dp_codec``), takes
+   the anchor result due at this tick, refreshes Q when due, merges;
 4. ``at_step_boundary()`` before the next step's old-log-prob pass: a staged Q goes live.
 """
 
@@ -30,6 +31,7 @@ from verl_commeff.schedule import FireSchedule
 
 if TYPE_CHECKING:
     from verl_commeff.config import CommEffConfig
+    from verl_commeff.dp_codec import ReplicaGroups
 
 __all__ = ["AnchorResult", "CommEffActorState", "PendingResult", "ReadyResult", "select_targets"]
 
@@ -122,6 +124,8 @@ class CommEffActorState:
         merger_group: the shard group the merger's statistics are reduced over for plain
             local shards (FSDP1's process group); None for whole tensors or DTensors (their
             mesh decides).
+        dp_groups: the replica and shard groups of the data-parallel codec
+            (``commeff.dp_codec``); None = one replica, one shard (simulation).
     """
 
     def __init__(
@@ -133,8 +137,10 @@ class CommEffActorState:
         num_layers: int,
         dp_group: Optional[dist.ProcessGroup] = None,
         merger_group: Optional[dist.ProcessGroup] = None,
+        dp_groups: Optional["ReplicaGroups"] = None,
     ):
         from verl_commeff.codec import BoundaryCodec
+        from verl_commeff.dp_codec import DPCodecState, ReplicaGroups
 
         self.cfg = cfg
         self.schedule = FireSchedule(cfg.anchor.delay_k, cfg.anchor.cadence, ticks_per_step, cfg.q_cadence)
@@ -144,6 +150,11 @@ class CommEffActorState:
             self.codec = BoundaryCodec(cfg.codec, hidden_size, num_layers, process_group=dp_group).install(model)
         self.merger = build_merger(cfg.merger, process_group=merger_group)
         self.targets = select_targets(model, cfg.anchor.targets)
+        self.dp_codec = DPCodecState.from_config(cfg.dp_codec) if cfg.dp_codec.enable else None
+        self.dp_groups = dp_groups if dp_groups is not None else ReplicaGroups()
+        self._model = model
+        target_ids = {id(p) for _, p in self.targets}
+        self._dp_targets = {n for n, p in model.named_parameters() if id(p) in target_ids}
         self._inbox: dict[int, PendingResult] = {}
         self._wait_s = 0.0  # actor wait for anchor results this step
         self._fires_used = 0
@@ -210,6 +221,11 @@ class CommEffActorState:
             grads: this rank's gradients of :attr:`targets`, in order, after FSDP's reduction.
         """
         tick = self.clock.tick
+        # Step 0: across HSDP replicas, PowerSGD for the targets, dense for the rest (in place).
+        if self.dp_codec is not None:
+            from verl_commeff.dp_codec.hsdp import exchange_module_grads_
+
+            exchange_module_grads_(self.dp_codec, self._model.named_parameters(), self._dp_targets, self.dp_groups)
         # Step 1: the anchor result due at this tick becomes the held M̄ (and maybe Q's sketch).
         result = self._take_result(tick) if self.cfg.anchor.enable else None
         if result is not None:
@@ -239,6 +255,9 @@ class CommEffActorState:
         out["commeff/anchor/fires_used"] = float(self._fires_used)
         out["commeff/anchor/backwards"] = float(self._anchor_backwards)
         out["commeff/bytes/anchor_sent"] = float(self._anchor_bytes)
+        if self.dp_codec is not None:
+            out.update(self.dp_codec.ledger.metrics())
+            self.dp_codec.ledger.reset()
         if self._age_n:
             out["commeff/anchor/age"] = self._age_sum / self._age_n
         if out.get("commeff/bytes/codec_dense"):
@@ -256,6 +275,7 @@ class CommEffActorState:
             "merger": self.merger.state_dict(),
             "fires_used": self._fires_used,
             "anchor_backwards": self._anchor_backwards,
+            "dp_codec": None if self.dp_codec is None else self.dp_codec.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -267,3 +287,7 @@ class CommEffActorState:
         self.merger.load_state_dict(state["merger"])
         self._fires_used = state["fires_used"]
         self._anchor_backwards = state["anchor_backwards"]
+        if (state.get("dp_codec") is None) != (self.dp_codec is None):
+            raise ValueError("checkpoint and config disagree on commeff.dp_codec.enable")
+        if self.dp_codec is not None:
+            self.dp_codec.load_state_dict(state["dp_codec"])

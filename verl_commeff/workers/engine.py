@@ -7,8 +7,10 @@ only wraps four methods:
 
 - ``train_batch`` (one PPO mini-batch = one tick): advance the clock, run the forward and
   backward as the codec's ``train`` pass, attach ``commeff/*`` metrics on the step's last tick;
-- ``optimizer_step``: after backward and FSDP's gradient reduction, take the anchor result
-  due at this tick and merge the target gradients, then verl's own clipping, non-finite
+- ``optimizer_step``: after backward and FSDP's gradient reduction inside the replica,
+  exchange the gradient across HSDP replicas (``commeff.dp_codec``: PowerSGD for the
+  targets; FSDP2's own cross-replica all-reduce is switched off at set-up), take the anchor
+  result due at this tick and merge the target gradients, then verl's own clipping, non-finite
   skip and ``optimizer.step`` (``super().optimizer_step()``);
 - ``infer_batch`` (the actor's only inference: the old-log-prob pass): a staged Q goes live
   first if a step ended since, then the forward runs as the codec's ``old_log_prob`` pass;
@@ -69,6 +71,17 @@ class CommEffEngineMixin:
             )
         hf_config = self.model_config.hf_config
         merger_group = module.process_group if isinstance(module, FullyShardedDataParallel) else None
+        dp_groups = None
+        if cfg.dp_codec.enable:
+            from verl_commeff.dp_codec.hsdp import hsdp_groups, own_replica_exchange
+
+            if isinstance(module, FullyShardedDataParallel):
+                raise ValueError(
+                    "commeff.dp_codec needs row-sharded gradients: set actor_rollout_ref.actor.strategy=fsdp2"
+                )
+            dp_groups = hsdp_groups(getattr(self, "device_mesh", None))
+            if dp_groups.replicas > 1:  # HSDP: the plugin owns the cross-replica exchange
+                own_replica_exchange(module)
         self.commeff = CommEffActorState(
             cfg,
             ticks_per_step,
@@ -77,6 +90,7 @@ class CommEffEngineMixin:
             num_layers=hf_config.num_hidden_layers,
             dp_group=None,
             merger_group=merger_group,
+            dp_groups=dp_groups,
         )
         if self._commeff_resume is not None:  # verl loads checkpoints before the trainer sets us up
             self.commeff.load_state_dict(self._commeff_resume)
