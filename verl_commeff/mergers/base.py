@@ -12,7 +12,11 @@ Every tick, after FSDP has reduced the gradients and before clipping and
   rank; DTensor gradients reduce over their mesh's shard group, plain local shards over
   the ``process_group`` given at construction, whole tensors need no reduction;
 - never reads a device value on the host in :meth:`Merger.apply_`: λ_t, c_t and the
-  telemetry stay device tensors and :meth:`Merger.metrics` reads them once per step.
+  telemetry stay device tensors and :meth:`Merger.metrics` reads them once per step;
+- skips a tick whose statistics or c_t are not finite (a non-finite G, which verl's own
+  non-finite grad-norm check then skips too, or a non-finite dense M̄): decided on the
+  device, that tick's G is left as it is, nothing of it reaches the dose window or the
+  telemetry, and it is counted in ``skipped_ticks``.
 
 Sign convention: sign(x) = +1 if x ≥ 0 else −1, for G and M̄ alike (see ``sign_bits``).
 ``sign_agree`` is the fraction of coordinates where sign(G) = sign(M̄).
@@ -55,8 +59,9 @@ __all__ = ["Merger", "HeldSignal"]
 HeldSignal = Union[Sequence[torch.Tensor], PackedSigns]
 
 # Per-step telemetry: indices into the (N_TELEMETRY,) fp64 sum over the step's warm ticks.
-T_LAMBDA, T_C, T_C_MEDIAN, T_SIGN_AGREE, T_DELTA_RATIO, T_COS, T_GRAD_NORM = range(7)
-N_TELEMETRY = 7
+# T_VALID counts the ticks that were not skipped (the denominator of the means).
+T_LAMBDA, T_C, T_C_MEDIAN, T_SIGN_AGREE, T_DELTA_RATIO, T_COS, T_GRAD_NORM, T_VALID = range(8)
+N_TELEMETRY = 8
 
 PREFIX = "commeff/merger/"
 
@@ -109,6 +114,7 @@ class Merger:
         self.last_tick = 0
         self.cold_ticks = 0
         self.merged_ticks = 0
+        self._skipped: Optional[torch.Tensor] = None  # 0-d int64 device count of skipped warm ticks
         self._reset_step()
 
     # ------------------------------------------------------------------ held signal
@@ -176,9 +182,9 @@ class Merger:
         """‖δ_t‖² (0-d fp64) from the global statistics vector."""
         raise NotImplementedError
 
-    def _dose(self, c_t: torch.Tensor, age: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """(λ_t, c̄) for a warm tick (default: :class:`DoseControl`)."""
-        return self.dose_control.dose(c_t, age)
+    def _dose(self, c_t: torch.Tensor, age: int, valid: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(λ_t, c̄) for a warm tick (default: :class:`DoseControl`); ``valid``: 0-d bool, finite inputs."""
+        return self.dose_control.dose(c_t, age, valid)
 
     def _merge_local_(self, g: torch.Tensor, mismatch: torch.Tensor, lam: torch.Tensor) -> None:
         """G ← G + λ_t·δ_t in place on one local tensor (``mismatch``: sign(G) ≠ sign(M̄), bool like g)."""
@@ -197,10 +203,14 @@ class Merger:
             4. Per local tensor, partial sums: ‖G‖², Σ G² and count over sign-mismatched
                coordinates, numel, and with dense M̄ also ⟨G, M̄⟩ and ‖M̄‖². Stack them into
                one (6,) fp64 vector and all-reduce it ONCE over the shard group.
-            5. c_t (``ratio``: ‖δ‖/‖G‖, ``cos``: cos(G, M̄)), then λ_t (dose control).
-            6. G ← G + λ_t·δ_t on every local tensor (skipped by ``none``).
-            7. Accumulate the step's telemetry on the device; every ``checksum_every``
-               ticks check the replicated inputs across ranks.
+            5. c_t (``ratio``: ‖δ‖/‖G‖, ``cos``: cos(G, M̄)); valid = the statistics (and
+               c_t when adaptive) are finite, a 0-d device bool; then λ_t (dose control,
+               which pushes c_t only when valid); λ_t = 0 when not valid.
+            6. G ← G + λ_t·δ_t on every local tensor (skipped by ``none``), masked by valid
+               so an invalid tick leaves G exactly as it is.
+            7. Accumulate the step's telemetry on the device (an invalid tick adds zeros and
+               counts as skipped); every ``checksum_every`` ticks check the replicated
+               inputs across ranks.
 
         Args:
             grads: the reduced gradients of the targets (tensors or DTensors), in the
@@ -254,12 +264,16 @@ class Merger:
         delta_ratio = ratio_signal(self._delta_sq(stats), stats[G_SQ])
         cos = cos_signal(stats[GM_DOT], stats[G_SQ], stats[M_SQ])
         c_t = cos if self.adaptive_mode == "cos" else delta_ratio
-        lam, c_bar = self._dose(c_t, age)
+        valid = torch.isfinite(stats).all()  # 0-d bool: G (and dense M̄) finite
+        if self.dose_control.adaptive:
+            valid = valid & torch.isfinite(c_t)
+        lam, c_bar = self._dose(c_t, age, valid)
+        lam = torch.where(valid, lam, 0.0)
 
-        # Step 6: merge in place.
+        # Step 6: merge in place (an invalid tick: every coordinate masked out).
         if self.merges:
             for i, g in enumerate(g_local):
-                self._merge_local_(g, sign_mismatch(g, positive_mask(held, i)), lam)
+                self._merge_local_(g, sign_mismatch(g, positive_mask(held, i)) & valid, lam)
 
         # Step 7: telemetry and the cross-rank check.
         self.merged_ticks += 1
@@ -277,8 +291,12 @@ class Merger:
                 delta_ratio,
                 cos if dense else zero,
                 stats[G_SQ].sqrt(),
+                torch.ones((), dtype=STAT_DTYPE, device=zero.device),
             ]
         )  # (N_TELEMETRY,)
+        telemetry = torch.where(valid, telemetry, 0.0)  # a skipped tick adds nothing (not even NaN)
+        skipped = (~valid).to(torch.int64)
+        self._skipped = skipped if self._skipped is None else self._skipped + skipped.to(self._skipped.device)
         self._step_sums = telemetry if self._step_sums is None else self._step_sums + telemetry
         if self._checksum_due(tick):
             self._check_inputs(stats, tick, lam, c_t, c_bar)
@@ -316,7 +334,10 @@ class Merger:
 
         - ``cold_ticks``, ``merged_ticks``: cumulative counts of ticks without / with a held
           M̄ (for ``none`` a merged tick ran the identity rule); ``tick``: the last tick.
-        - Means over the step's warm ticks, left out when the step had none: ``lambda``
+        - ``skipped_ticks``: cumulative count of warm ticks whose merge was skipped because
+          G, M̄ or c_t was not finite (included in ``merged_ticks``).
+        - Means over the step's warm ticks that were not skipped, left out when there were
+          none: ``lambda``
           (λ_t applied, after age decay), ``sign_agree`` (fraction of coordinates with
           sign(G) = sign(M̄)), ``delta_ratio`` (‖δ_t‖/‖G_t‖), ``grad_norm`` (‖G_t‖ before
           the merge), ``age`` (tick − produced tick), ``staleness`` (tick − source tick);
@@ -333,11 +354,16 @@ class Merger:
             PREFIX + "tick": float(self.last_tick),
         }
         parts = [] if self._step_sums is None else [self._step_sums]  # (N_TELEMETRY,)
+        if self._skipped is not None:
+            parts.append(self._skipped.reshape(1).to(STAT_DTYPE))  # (1,)
         if self._inputs_ok is not None:
             parts.append(self._inputs_ok.reshape(1).to(STAT_DTYPE))  # (1,)
         values = torch.cat([p.to(parts[0].device) for p in parts]).tolist() if parts else []  # the one host read
-        if self._step_sums is not None:
-            n = self._step_warm
+        if self._skipped is not None:
+            out[PREFIX + "skipped_ticks"] = values[N_TELEMETRY if self._step_sums is not None else 0]
+        n_valid = values[T_VALID] if self._step_sums is not None else 0.0
+        if n_valid > 0:
+            n = n_valid
             means = [v / n for v in values[:N_TELEMETRY]]
             out[PREFIX + "lambda"] = means[T_LAMBDA]
             out[PREFIX + "sign_agree"] = means[T_SIGN_AGREE]
@@ -346,10 +372,11 @@ class Merger:
             if self.dose_control.adaptive:
                 out[PREFIX + "c"] = means[T_C]
                 out[PREFIX + "c_median"] = means[T_C_MEDIAN]
-            if self._step_dense_ticks == n:
+            if self._step_dense_ticks == self._step_warm:
                 out[PREFIX + "cos"] = means[T_COS]
-            out[PREFIX + "age"] = self._step_age_sum / n
-            out[PREFIX + "staleness"] = self._step_staleness_sum / n
+        if self._step_sums is not None:
+            out[PREFIX + "age"] = self._step_age_sum / self._step_warm
+            out[PREFIX + "staleness"] = self._step_staleness_sum / self._step_warm
             out[PREFIX + "produced_tick"] = float(self.produced_tick)
         if self._inputs_ok is not None:
             if values[-1] != 1.0:
@@ -386,6 +413,7 @@ class Merger:
             "last_tick": self.last_tick,
             "cold_ticks": self.cold_ticks,
             "merged_ticks": self.merged_ticks,
+            "skipped_ticks": self._skipped,
             "dose": self.dose_control.state_dict(),
             "step": {
                 "sums": self._step_sums,
@@ -424,6 +452,7 @@ class Merger:
         self.last_tick = int(state["last_tick"])
         self.cold_ticks = int(state["cold_ticks"])
         self.merged_ticks = int(state["merged_ticks"])
+        self._skipped = state.get("skipped_ticks")  # absent in checkpoints from before the count
         self.dose_control.load_state_dict(state["dose"])
         step = state["step"]
         self._step_sums = step["sums"]
