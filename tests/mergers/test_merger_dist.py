@@ -111,3 +111,19 @@ def _body(rank, world):
 
 def test_sharded_and_dtensor_merge_equal_whole():
     run_on_gloo(_body, world_size=2)
+
+
+def _reject_body(rank, world):
+    """A NaN in one rank's shard of M: every rank rejects the fire, M̄ stays as it was on both."""
+    ema = AnchorEMA(0.5)
+    first = _rows(_whole(1), rank, world)
+    assert ema.try_update_(first)
+    second = _rows(_whole(2), rank, world)
+    if rank == 1:
+        second[1][0, 0] = float("nan")
+    assert not ema.try_update_(second, group=dist.group.WORLD)
+    assert ema.rejected == 1 and all(torch.equal(a, b) for a, b in zip(ema.m_bar, first))
+
+
+def test_non_finite_shard_on_one_rank_is_rejected_on_every_rank():
+    run_on_gloo(_reject_body, world_size=2)

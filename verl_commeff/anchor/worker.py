@@ -12,11 +12,13 @@ actor rank r holds. One fire (:meth:`AnchorWorker.anchor_fire`), per rank:
    the anchor loss (the actor's ``ppo_loss`` at ratio 1, :mod:`verl_commeff.anchor.loss`),
    the forward observed by the anchor's codec when ``q_source=anchor``;
 3. M = the target matrices' gradients, mean-reduced over the anchor's ranks by FSDP;
-4. M̄ ← EMA(M) (:class:`~verl_commeff.mergers.anchor_ema.AnchorEMA`), kept here;
-5. at Q-refresh ticks: the sketch summed over the anchor's ranks, and the anchor's own Q
-   moved to orth(sketch) so the next sketch starts from the actor's new basis;
+4. at Q-refresh ticks: the sketch summed over the anchor's ranks;
+5. M̄ ← EMA(M) (:class:`~verl_commeff.mergers.anchor_ema.AnchorEMA`), kept here, unless M
+   (on any rank) or the sketch is non-finite: then the fire is **rejected** (M̄ and Q keep
+   their last state, counted, a warning logged once) and the result says so; otherwise the
+   anchor's own Q moves to orth(sketch) so the next sketch starts from the actor's new basis;
 6. return M̄ (this rank's shards, or packed sign bits) and the sketch (a colocated anchor
-   offloads its model again first).
+   offloads its model again first); a rejected fire returns neither.
 """
 
 from __future__ import annotations
@@ -112,21 +114,27 @@ class AnchorWorker(ActorRolloutRefWorker):
             # Step 3: M = the target gradients (this rank's shards, DP-mean-reduced by FSDP).
             grads = [_local(p.grad) for _, p in state.targets]
 
-            # Step 4: M̄ ← EMA(M), kept on the anchor (AnchorEMA copies; the grads can go).
-            m_bar = state.ema.update_(grads)
-            engine.optimizer_zero_grad()
+            # Step 4: the Q sketch at Q-refresh ticks (summed over the anchor's ranks).
+            sketch = None
+            if state.codec is not None and state.schedule.q_refresh_at(fire_tick):
+                sketch = state.codec.take_sketch()
+                all_reduce_(sketch)
 
-        # Step 5: the Q sketch at Q-refresh ticks; the anchor's own Q follows the actor's.
-        sketch = None
-        if state.codec is not None and state.schedule.q_refresh_at(fire_tick):
-            sketch = state.codec.take_sketch()
-            all_reduce_(sketch)
+            # Step 5: M̄ ← EMA(M) unless M or the sketch is non-finite (AnchorEMA copies; the grads can go).
+            sketch_ok = sketch is None or bool(torch.isfinite(sketch).all())  # replicated: same on every rank
+            accepted = state.ema.try_update_(grads, finite=sketch_ok)
+            m_bar = state.ema.m_bar
+            engine.optimizer_zero_grad()
+        if accepted and sketch is not None:  # the anchor's own Q follows the actor's
             state.codec.refresh(sketch, reduce=False)
             state.codec.activate_staged()
 
         # Step 6: M̄ (or its signs) back to the actor; a colocated anchor gives the devices back.
         if state.offload:
             engine.to("cpu", model=True, optimizer=False, grad=True)
+        if not accepted:
+            return AnchorResult(fire_tick, source_tick, None, None, compute_s=time.perf_counter() - start,
+                                backwards=1, rejected=True)
         if state.cfg.anchor.transport == "sign":
             from verl_commeff.mergers.sign_bits import pack_signs
 

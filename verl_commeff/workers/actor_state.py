@@ -15,6 +15,7 @@ engine mixin (:mod:`verl_commeff.workers.engine`) calls it at four points:
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Protocol, Sequence
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AnchorResult", "CommEffActorState", "PendingResult", "ReadyResult", "select_targets"]
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class AnchorResult:
@@ -41,26 +44,33 @@ class AnchorResult:
     Args:
         fire_tick: the tick the result is for.
         source_tick: the tick whose mini-batch was replayed.
-        m_bar: M̄ after this fire, laid out like this rank's target gradients (or packed signs).
+        m_bar: M̄ after this fire, laid out like this rank's target gradients (or packed signs);
+            None when the fire was rejected.
         sketch: the anchor's Q sketch (B, H, r), already summed over the anchor's ranks, or
             None when Q is not refreshed from the anchor.
         compute_s: seconds the anchor rank spent on the fire.
         backwards: backward passes the anchor rank ran for this fire (summed by the actor into
             ``commeff/anchor/backwards``: the proof that the anchor really ran).
+        rejected: the anchor rejected this fire (its M or sketch was not finite on some
+            rank): its M̄ is unchanged, nothing is sent, the actor keeps the M̄ it holds.
     """
 
     fire_tick: int
     source_tick: int
-    m_bar: HeldSignal
+    m_bar: Optional[HeldSignal]
     sketch: Optional[torch.Tensor] = None
     compute_s: float = 0.0
     backwards: int = 0
+    rejected: bool = False
 
     def wire_bytes(self) -> int:
         """Bytes this result carries to one actor rank (M̄ shards or sign bits, and the sketch)."""
         from verl_commeff.mergers.sign_bits import PackedSigns
 
-        held = self.m_bar.bits if isinstance(self.m_bar, PackedSigns) else self.m_bar
+        if self.m_bar is None:
+            held = []
+        else:
+            held = self.m_bar.bits if isinstance(self.m_bar, PackedSigns) else self.m_bar
         total = sum(t.numel() * t.element_size() for t in held)
         if self.sketch is not None:
             total += self.sketch.numel() * self.sketch.element_size()
@@ -151,6 +161,7 @@ class CommEffActorState:
         self._age_n = 0
         self._anchor_bytes = 0  # this step
         self._anchor_backwards = 0
+        self._rejected_fires = 0
 
     # ---- passes ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -212,6 +223,13 @@ class CommEffActorState:
         tick = self.clock.tick
         # Step 1: the anchor result due at this tick becomes the held M̄ (and maybe Q's sketch).
         result = self._take_result(tick) if self.cfg.anchor.enable else None
+        if result is not None and result.rejected:  # non-finite on the anchor: keep the held M̄ and Q
+            self._rejected_fires += 1
+            self._anchor_backwards += result.backwards
+            (logger.warning if self._rejected_fires == 1 else logger.debug)(
+                "commeff: the anchor rejected fire %d (non-finite M or sketch); the actor keeps its held M̄ "
+                "(counted in commeff/anchor/rejected_fires)", result.fire_tick)
+            result = None
         if result is not None:
             self.merger.hold(result.m_bar, produced_tick=result.fire_tick, source_tick=result.source_tick)
             self._fires_used += 1
@@ -238,6 +256,7 @@ class CommEffActorState:
         out["commeff/anchor/wait_s"] = self._wait_s
         out["commeff/anchor/fires_used"] = float(self._fires_used)
         out["commeff/anchor/backwards"] = float(self._anchor_backwards)
+        out["commeff/anchor/rejected_fires"] = float(self._rejected_fires)
         out["commeff/bytes/anchor_sent"] = float(self._anchor_bytes)
         if self._age_n:
             out["commeff/anchor/age"] = self._age_sum / self._age_n
@@ -256,6 +275,7 @@ class CommEffActorState:
             "merger": self.merger.state_dict(),
             "fires_used": self._fires_used,
             "anchor_backwards": self._anchor_backwards,
+            "rejected_fires": self._rejected_fires,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -267,3 +287,4 @@ class CommEffActorState:
         self.merger.load_state_dict(state["merger"])
         self._fires_used = state["fires_used"]
         self._anchor_backwards = state["anchor_backwards"]
+        self._rejected_fires = state.get("rejected_fires", 0)
