@@ -112,7 +112,7 @@ class AnchorWorker(ActorRolloutRefWorker):
                 engine.forward_backward_batch(data, state.loss_fn, forward_only=False)
 
             # Step 3: M = the target gradients (this rank's shards, DP-mean-reduced by FSDP).
-            grads = [_local(p.grad) for _, p in state.targets]
+            grads = [_local(p) for _, p in state.targets]
 
             # Step 4: the Q sketch at Q-refresh ticks (summed over the anchor's ranks).
             sketch = None
@@ -155,10 +155,18 @@ class _AnchorState:
         self.offload = cfg.anchor.placement == "colocated" and not is_cpu_platform()
 
 
-def _local(t: Optional[torch.Tensor]) -> torch.Tensor:
-    if t is None:
+def _local(p: torch.nn.Parameter) -> torch.Tensor:
+    """This rank's local gradient of target ``p``.
+
+    FSDP1 with ``use_orig_params`` gives a parameter with no elements in this rank's flat
+    shard an empty view and ``grad=None``: its local M is the empty tensor, as the actor's
+    local G is (:meth:`CommEffEngineMixin.optimizer_step`).
+    """
+    if p.grad is None:
+        if local_view(p).numel() == 0:
+            return p.detach().new_zeros(0)  # (0,)
         raise RuntimeError("anchor: a target parameter got no gradient (is it used by the forward?)")
-    return local_view(t)
+    return local_view(p.grad)
 
 
 def _share(data, dp_rank: int, dp_size: int):
