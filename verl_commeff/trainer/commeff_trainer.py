@@ -99,6 +99,9 @@ class CommEffTrainer(PPOTrainerSync):
         from verl_commeff.cpu_platform import is_cpu_platform
 
         if is_cpu_platform():
+            from verl_commeff.platform_probe import check_ray_has_no_accelerators
+
+            check_ray_has_no_accelerators()  # an auto-selected CPU platform must not take over a GPU cluster
             mgr = self.resource_pool_manager
             self.resource_pool_manager = HostResourcePoolManager(
                 resource_pool_spec=mgr.resource_pool_spec, mapping=mgr.mapping)
