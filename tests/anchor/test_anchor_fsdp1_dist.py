@@ -39,6 +39,10 @@ def _body(rank, world_size, model_dir):
     assert sum(counts) > 0  # the case under test: some targets have no elements on some rank
     for (_, p), m in zip(targets, result.m_bar):
         assert m.shape == p.shape  # laid out like this rank's parameter (and the actor's gradient)
+    from verl_commeff.collectives import fingerprint
+
+    mine = fingerprint(result.m_bar)  # the actor's cross-rank check compares its held shard with row `rank`
+    assert result.fingerprints.shape == (world_size, 3) and torch.equal(result.fingerprints[rank], mine)
     pieces = [None] * world_size
     dist.all_gather_object(pieces, [m.reshape(-1) for m in result.m_bar])
     names = [n for n, _ in targets]

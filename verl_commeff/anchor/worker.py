@@ -17,8 +17,10 @@ actor rank r holds. One fire (:meth:`AnchorWorker.anchor_fire`), per rank:
    (on any rank) or the sketch is non-finite: then the fire is **rejected** (M̄ and Q keep
    their last state, counted, a warning logged once) and the result says so; otherwise the
    anchor's own Q moves to orth(sketch) so the next sketch starts from the actor's new basis;
-6. return M̄ (this rank's shards, or packed sign bits) and the sketch (a colocated anchor
-   offloads its model again first); a rejected fire returns neither.
+6. return M̄ (this rank's shards, or packed sign bits), every anchor rank's fingerprint of
+   what it sends (one all-gather of 3 numbers per rank; the actor's cross-rank check
+   compares its held shard against it) and the sketch (a colocated anchor offloads its
+   model again first); a rejected fire returns neither.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from verl.single_controller.base.decorator import Dispatch, register
 from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from verl_commeff.collectives import all_reduce_
+from verl_commeff.collectives import all_reduce_, fingerprint, gather_rows
 from verl_commeff.mergers.grad_layout import local_view
 from verl_commeff.workers.actor_state import AnchorResult, select_targets
 from verl_commeff.workers.weight_shards import load_local_shards, resolve
@@ -139,10 +141,13 @@ class AnchorWorker(ActorRolloutRefWorker):
             from verl_commeff.mergers.sign_bits import pack_signs
 
             held = pack_signs(m_bar)
+            sent = held.bits
         else:
-            held = [m.detach().clone() for m in m_bar]
+            held = sent = [m.detach().clone() for m in m_bar]
+        # every anchor rank's fingerprint of what it sends (the actor's cross-rank check compares against it)
+        fingerprints = gather_rows(fingerprint(sent)).cpu()  # (anchor world, 3)
         return AnchorResult(fire_tick, source_tick, held, sketch, compute_s=time.perf_counter() - start,
-                            backwards=1)
+                            backwards=1, fingerprints=fingerprints)
 
 
 class _AnchorState:

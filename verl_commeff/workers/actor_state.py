@@ -51,6 +51,8 @@ class AnchorResult:
         compute_s: seconds the anchor rank spent on the fire.
         backwards: backward passes the anchor rank ran for this fire (summed by the actor into
             ``commeff/anchor/backwards``: the proof that the anchor really ran).
+        fingerprints: (anchor world, 3) fp64 on the host, row r = (Σx, Σ|x|, Σx²) of what
+            anchor rank r sent (see :meth:`~verl_commeff.mergers.base.Merger.hold`); None = unchecked.
         rejected: the anchor rejected this fire (its M or sketch was not finite on some
             rank): its M̄ is unchanged, nothing is sent, the actor keeps the M̄ it holds.
     """
@@ -62,6 +64,7 @@ class AnchorResult:
     compute_s: float = 0.0
     backwards: int = 0
     rejected: bool = False
+    fingerprints: Optional[torch.Tensor] = None
 
     def wire_bytes(self) -> int:
         """Bytes this result carries to one actor rank (M̄ shards or sign bits, and the sketch)."""
@@ -152,7 +155,9 @@ class CommEffActorState:
         self.codec = None
         if cfg.codec.enable:
             self.codec = BoundaryCodec(cfg.codec, hidden_size, num_layers, process_group=dp_group).install(model)
-        self.merger = build_merger(cfg.merger, process_group=merger_group)
+        codec = self.codec
+        self.merger = build_merger(cfg.merger, process_group=merger_group,
+                                   replicated=(lambda: [codec.live_basis]) if codec is not None else None)
         self.targets = select_targets(model, cfg.anchor.targets)
         self._inbox: dict[int, PendingResult] = {}
         self._wait_s = 0.0  # actor wait for anchor results this step
@@ -231,7 +236,8 @@ class CommEffActorState:
                 "(counted in commeff/anchor/rejected_fires)", result.fire_tick)
             result = None
         if result is not None:
-            self.merger.hold(result.m_bar, produced_tick=result.fire_tick, source_tick=result.source_tick)
+            self.merger.hold(result.m_bar, produced_tick=result.fire_tick, source_tick=result.source_tick,
+                             fingerprints=result.fingerprints)
             self._fires_used += 1
             self._age_sum += tick - result.source_tick
             self._age_n += 1
