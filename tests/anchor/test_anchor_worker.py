@@ -76,6 +76,7 @@ def test_anchor_m_is_the_dense_gradient_at_the_snapshot_weights(strategy, tiny_m
     names = [n for n, _ in anchor._anchor.targets]
     expected = _dense_reference(tiny_model_dir, full_state, batch, names)
     assert result.fire_tick == 3 and result.sketch is None and len(result.m_bar) == len(names) == 28
+    assert result.backwards == 2  # 4 samples in micro-batches of 2: two real backward passes
     for name, got, want in zip(names, result.m_bar, expected):
         torch.testing.assert_close(got.reshape(want.shape), want, rtol=1e-4, atol=1e-6, msg=name)
     # the anchor never steps: its weights stay the snapshot's

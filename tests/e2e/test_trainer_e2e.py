@@ -20,6 +20,7 @@ from verl_commeff.schedule import FireSchedule
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS, TEST_FREQ, K, CADENCE, TICKS_PER_STEP = 4, 2, 2, 2, 2  # cpu_tiny: train batch 8, mini-batch 4
+BACKWARDS_PER_FIRE = 2  # cpu_tiny: a mini-batch of 4 prompts × n=2 = 8 samples in micro-batches of 4
 
 # every commeff/ metric a step with a fire must log (SPEC §6)
 EXPECTED = {
@@ -61,7 +62,8 @@ def _check_commeff_run(records):
     ticks = STEPS * TICKS_PER_STEP
     assert last["commeff/tick"] == ticks
     assert last["commeff/anchor/fires_used"] == schedule.fires_through(ticks)  # the anchor fired as scheduled
-    assert last["commeff/anchor/backwards"] == schedule.fires_through(ticks)  # and really ran a backward each time
+    # and really ran its backward passes (counted on the loss, one per micro-batch)
+    assert last["commeff/anchor/backwards"] == BACKWARDS_PER_FIRE * schedule.fires_through(ticks)
     assert last["commeff/anchor/fires"] == sum(len(schedule.fires_sourced_in_step(s)) for s in range(1, STEPS + 1))
     fire_steps = [s for s in train_steps if "commeff/anchor/age" in records[s]]
     assert all(records[s]["commeff/anchor/age"] == K for s in fire_steps[1:])  # strict: staleness exactly K
@@ -128,7 +130,7 @@ def test_resume_continues_clock_anchor_and_q_exactly(tmp_path):
         tick = step * TICKS_PER_STEP
         assert data["commeff/tick"] == tick
         assert data["commeff/anchor/fires_used"] == schedule.fires_through(tick)
-        assert data["commeff/anchor/backwards"] == schedule.fires_through(tick)  # the resubmitted fire ran too
+        assert data["commeff/anchor/backwards"] == BACKWARDS_PER_FIRE * schedule.fires_through(tick)  # resubmitted too
         assert data["commeff/merger/merged_ticks"] == tick - (CADENCE - 1)
         # Q refreshed at every fire (q_source=anchor), live from the next step: the staged Q survived the stop
         assert data["commeff/codec/q_updates"] == schedule.q_refreshes_through((step - 1) * TICKS_PER_STEP)

@@ -107,11 +107,12 @@ class AnchorWorker(ActorRolloutRefWorker):
         # Step 2: this rank's share of the mini-batch, through verl's forward/backward with the anchor loss.
         data = _share(resolve(minibatch), engine.get_data_parallel_rank(), engine.get_data_parallel_size())
         _inject_engine_keys(data, self.actor)
+        loss_fn = _CountedLoss(state.loss_fn)
         with engine.train_mode(disable_auto_offload=False):  # leaving train mode releases the gradients
             engine.optimizer_zero_grad()
             scope = state.codec.pass_scope("anchor") if state.codec is not None else contextlib.nullcontext()
             with scope:
-                engine.forward_backward_batch(data, state.loss_fn, forward_only=False)
+                engine.forward_backward_batch(data, loss_fn, forward_only=False)
 
             # Step 3: M = the target gradients (this rank's shards, DP-mean-reduced by FSDP).
             grads = [_local(p) for _, p in state.targets]
@@ -136,7 +137,7 @@ class AnchorWorker(ActorRolloutRefWorker):
             engine.to("cpu", model=True, optimizer=False, grad=True)
         if not accepted:
             return AnchorResult(fire_tick, source_tick, None, None, compute_s=time.perf_counter() - start,
-                                backwards=1, rejected=True)
+                                backwards=loss_fn.backwards, rejected=True)
         if state.cfg.anchor.transport == "sign":
             from verl_commeff.mergers.sign_bits import pack_signs
 
@@ -147,7 +148,29 @@ class AnchorWorker(ActorRolloutRefWorker):
         # every anchor rank's fingerprint of what it sends (the actor's cross-rank check compares against it)
         fingerprints = gather_rows(fingerprint(sent)).cpu()  # (anchor world, 3)
         return AnchorResult(fire_tick, source_tick, held, sketch, compute_s=time.perf_counter() - start,
-                            backwards=1, fingerprints=fingerprints)
+                            backwards=loss_fn.backwards, fingerprints=fingerprints)
+
+
+class _CountedLoss:
+    """The anchor's loss function, counting the backward passes that really run through it.
+
+    Each call (one micro-batch) hooks the loss it returns; the hook fires when autograd's
+    backward reaches that loss, so :attr:`backwards` is the number of backward passes run,
+    not an assumed one per fire.
+    """
+
+    def __init__(self, fn):
+        self.fn, self.backwards = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        out = self.fn(*args, **kwargs)
+        loss = out[0] if isinstance(out, tuple) else out
+        if isinstance(loss, torch.Tensor) and loss.requires_grad:
+            loss.register_hook(self._count)
+        return out
+
+    def _count(self, grad):
+        self.backwards += 1
 
 
 class _AnchorState:
