@@ -81,10 +81,10 @@ def test_k_past_the_run_warns(tiny_model_dir, gsm8k_dir, caplog):
     assert "(8 steps x 2 ticks = 16 ticks): all 8 fires" in caplog.text
 
 
-def test_entry_point_fails_before_ray_on_a_rank_above_hidden_size(tiny_model_dir, gsm8k_dir):
+def test_entry_point_fails_before_ray_on_a_rank_above_hidden_size(tiny_model_dir, gsm8k_dir, tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "verl_commeff.main", *_good(tiny_model_dir, gsm8k_dir, "commeff.codec.rank=65"),
-           "trainer.device=cpu"]
+           "trainer.device=cpu", f"hydra.run.dir={tmp_path}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "commeff.codec.rank=65 is out of range" in out, out[-3000:]
