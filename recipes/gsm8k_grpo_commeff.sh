@@ -55,6 +55,7 @@ gpu)
     )
     ;;
 cpu_tiny)
+    export VERL_COMMEFF_PLATFORM=${VERL_COMMEFF_PLATFORM:-cpu}   # the CPU platform on purpose, also on a GPU host
     PRESET_DIR=${PRESET_DIR:-outputs/tiny_preset}
     [ "$DRY_RUN" = 1 ] || python3 -m verl_commeff.presets --out "$PRESET_DIR"   # tiny model + data, built locally
     MODEL=${MODEL:-$PRESET_DIR/model}

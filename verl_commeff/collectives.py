@@ -12,7 +12,11 @@ from typing import Iterable, Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_reduce_", "is_distributed", "tensor_checksum", "identical_across_ranks"]
+__all__ = ["all_reduce_", "fingerprint", "gather_rows", "identical_across_ranks", "is_distributed", "tensor_checksum",
+           "FP_SUM", "FP_ABS", "FP_SQ", "N_FP"]
+
+FP_SUM, FP_ABS, FP_SQ = range(3)  # indices of a fingerprint
+N_FP = 3
 
 
 def is_distributed(group: Optional[dist.ProcessGroup] = None) -> bool:
@@ -53,3 +57,31 @@ def identical_across_ranks(tensors: Iterable[torch.Tensor], group: Optional[dist
     both = torch.stack([c, -c])  # (2,)
     all_reduce_(both, group, op=dist.ReduceOp.MAX)
     return both[0] == -both[1]
+
+
+def fingerprint(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """What a rank holds, in three numbers: (Σx, Σ|x|, Σx²) over ``tensors``, a (3,) fp64 device tensor.
+
+    Integer tensors (packed sign bits) count by value, so a flipped bit changes Σx. Cheap
+    (one pass per tensor) and order-insensitive within the list: it is compared against
+    the same tensors' fingerprint taken elsewhere (the anchor), not used to detect a swap.
+    """
+    parts = []
+    for t in tensors:
+        flat = t.detach().reshape(-1).to(torch.float64)  # (numel,)
+        parts.append(torch.stack([flat.sum(), flat.abs().sum(), torch.dot(flat, flat)]))  # (3,)
+    if not parts:
+        return torch.zeros(N_FP, dtype=torch.float64)
+    return torch.stack(parts).sum(0)  # (3,)
+
+
+def gather_rows(row: torch.Tensor, group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
+    """Every rank's ``row`` (a 1-D tensor of the same length everywhere) stacked in rank order: (world, n).
+
+    One all-gather of a small vector; ``row[None]`` in one process.
+    """
+    if not is_distributed(group):
+        return row.reshape(1, -1)
+    rows = [torch.empty_like(row) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(rows, row.contiguous(), group=group)
+    return torch.stack(rows)  # (world, n)

@@ -196,15 +196,17 @@ class MergerConfig(BaseConfig):
         age_decay: μ, λ_t ← λ_t·μ^age with age = ticks since the held M̄ was produced;
             0 < μ ≤ 1 (1 = off).
         adaptive: the adaptive-λ controller (off by default).
-        checksum_every: every this many ticks verify that the merger's inputs are
-            identical on every rank (one small all-reduce); 0 = never.
+        checksum_every: every this many ticks fingerprint what each rank holds (its M̄
+            shard or sign bits against the anchor's fingerprint of it, the live Q, the
+            ticks) and fail with a clear error when a rank differs (one all-gather of a
+            ~20-number row); 0 = never.
     """
 
     name: str = "signed_ema"
     alpha: float = 0.25
     age_decay: float = 1.0
     adaptive: AdaptiveLambdaConfig = field(default_factory=AdaptiveLambdaConfig)
-    checksum_every: int = 0
+    checksum_every: int = 50
 
     def __post_init__(self):
         from verl_commeff.mergers.registry import merger_names

@@ -3,9 +3,12 @@
 verl 0.9.1 resolves its device through ``verl.plugin.platform``: it probes the registered
 platforms (``nvidia``, ``npu``, …) and, when none is found, falls back to ``nvidia`` and
 calls ``torch.cuda.*``. This module registers a ``cpu`` platform in that registry whose
-``is_platform_available`` is true only when no accelerator is present, so verl's own
-auto-detection picks it on a CPU-only machine and never on a GPU node (the ``nvidia``
-platform is probed first). ``VERL_PLATFORM=cpu`` forces it.
+``is_platform_available`` is true only when no accelerator is present on the host
+(:mod:`verl_commeff.platform_probe`: device nodes, vendor tools, Ray's resources, not just
+``torch.cuda.is_available()``), so verl's own auto-detection picks it on a CPU-only
+machine and never on a GPU node, even in a process without an assigned GPU.
+``VERL_COMMEFF_PLATFORM=cpu`` (or verl's ``VERL_PLATFORM=cpu``) asks for it explicitly,
+``VERL_COMMEFF_PLATFORM=off`` rules it out.
 
 On the CPU platform, :func:`install_engine_support` additionally
 
@@ -35,22 +38,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import types
 from typing import Any, Optional
 
 import torch
 from verl.plugin.platform import PlatformBase, PlatformRegistry, get_platform
 
+from verl_commeff.platform_probe import cpu_platform_choice, cpu_platform_wanted
+
 __all__ = ["PlatformCPU", "install_engine_support", "is_cpu_platform"]
-
-
-def _accelerator_present() -> bool:
-    """An NVIDIA/AMD GPU or an Ascend NPU is visible to this host (not only this process)."""
-    if torch.cuda.is_available() or shutil.which("nvidia-smi") or shutil.which("rocm-smi"):
-        return True
-    npu = getattr(torch, "npu", None)
-    return bool(npu is not None and npu.is_available())
 
 
 def _nothing(*args, **kwargs):
@@ -120,7 +116,7 @@ class PlatformCPU(PlatformBase):
         return True
 
     def is_platform_available(self, use_smi_check: bool = False) -> bool:
-        return not _accelerator_present()
+        return cpu_platform_wanted()
 
     def current_device(self):
         return "cpu"  # a string: an int would mean cuda:<int> to tensor.to()
@@ -195,6 +191,7 @@ def install_engine_support() -> None:
     A no-op on any other platform.
     """
     global _engine_support_installed
+    cpu_platform_choice()  # a bad VERL_COMMEFF_PLATFORM fails the plugin's load loudly (verl's probe would hide it)
     if _engine_support_installed or not is_cpu_platform():
         return
     # verl's EngineRegistry override: use the engines registered for cuda (device-agnostic code).

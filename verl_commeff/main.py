@@ -8,6 +8,8 @@ runner, which builds the trainer registered as ``trainer.v1.trainer_mode=commeff
 
 import hydra
 
+from verl_commeff.startup_checks import check_inputs
+
 
 def check_config(config) -> None:
     """Checks the plugin needs before Ray starts, with errors that say what to change."""
@@ -32,6 +34,7 @@ def main(config) -> None:
 
     auto_set_device(config)
     check_config(config)
+    check_inputs(config)  # model dir, data columns, codec vs the model's config.json, K vs the run: before Ray
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     run_ppo(config, task_runner_class=TaskRunnerV1)
 

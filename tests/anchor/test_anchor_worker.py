@@ -76,6 +76,7 @@ def test_anchor_m_is_the_dense_gradient_at_the_snapshot_weights(strategy, tiny_m
     names = [n for n, _ in anchor._anchor.targets]
     expected = _dense_reference(tiny_model_dir, full_state, batch, names)
     assert result.fire_tick == 3 and result.sketch is None and len(result.m_bar) == len(names) == 28
+    assert result.backwards == 2  # 4 samples in micro-batches of 2: two real backward passes
     for name, got, want in zip(names, result.m_bar, expected):
         torch.testing.assert_close(got.reshape(want.shape), want, rtol=1e-4, atol=1e-6, msg=name)
     # the anchor never steps: its weights stay the snapshot's
@@ -105,3 +106,29 @@ def test_colocated_anchor_offloads_between_fires(tiny_model_dir, monkeypatch):
 
     model_moves = [device for device, model in moves if model]  # (train mode's own optimizer/grad moves aside)
     assert model_moves == ["cpu", get_device_name(), "cpu"]  # on the device only for the fire
+
+
+def test_fire_with_non_finite_gradient_is_rejected_and_m_bar_kept(tiny_model_dir):
+    """Fault injection: a NaN in the snapshot weights makes M non-finite; the fire is rejected, M̄ kept."""
+    from verl_commeff.anchor.worker import AnchorWorker
+    from verl_commeff.workers.weight_shards import export_local_shards
+
+    init_single_process_world()
+    anchor = AnchorWorker(_config(tiny_model_dir, "fsdp2"))
+    anchor.init_model()
+    anchor.anchor_setup(CommEffConfig(codec=CodecConfig(q_source="fast"),
+                                      anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.5)), ticks_per_step=1)
+    good = export_local_shards(anchor.actor.engine.module)
+    bad = [t.clone() for t in good]
+    bad[len(bad) // 2].view(-1)[0] = float("nan")  # one weight of a middle layer
+    first = anchor.anchor_fire(fire_tick=1, source_tick=1, minibatch=_minibatch(make_ppo_batch(seed=1)),
+                               snapshot=[good])
+    held = [t.clone() for t in anchor._anchor.ema.m_bar]
+    second = anchor.anchor_fire(fire_tick=2, source_tick=2, minibatch=_minibatch(make_ppo_batch(seed=2)),
+                                snapshot=[bad])
+    assert not first.rejected and second.rejected and second.m_bar is None and second.sketch is None
+    assert anchor._anchor.ema.rejected == 1 and anchor._anchor.ema.updates == 1
+    assert all(torch.equal(a, b) for a, b in zip(anchor._anchor.ema.m_bar, held))
+    third = anchor.anchor_fire(fire_tick=3, source_tick=3, minibatch=_minibatch(make_ppo_batch(seed=3)),
+                               snapshot=[good])
+    assert not third.rejected and all(torch.isfinite(m).all() for m in third.m_bar)

@@ -69,3 +69,33 @@ def test_errors():
         ema.update_([torch.zeros(3, 2)])
     with pytest.raises(ValueError, match="got 2 tensors"):
         ema.update_([torch.zeros(2, 3), torch.zeros(1)])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_fire_is_rejected_and_m_bar_keeps_its_last_finite_state(bad, caplog):
+    fires = _fires(4, seed=9)
+    ema, ref = AnchorEMA(0.5), AnchorEMA(0.5)
+    assert ema.try_update_(fires[0]) and ref.try_update_(fires[0])
+    poisoned = [t.clone() for t in fires[1]]
+    poisoned[1][3] = bad
+    with caplog.at_level("DEBUG", logger="verl_commeff.mergers.anchor_ema"):
+        assert not ema.try_update_(poisoned)
+        assert not ema.try_update_(poisoned)
+        assert not ema.try_update_(fires[1], finite=False)  # the caller's verdict (e.g. a NaN sketch)
+    assert ema.rejected == 3 and ema.updates == 1
+    assert [r.levelname for r in caplog.records].count("WARNING") == 1  # warned once, then debug
+    assert "rejected_fires" in caplog.records[0].getMessage()
+    for m in fires[2:]:
+        assert ema.try_update_(m) and ref.try_update_(m)
+    for a, b in zip(ema.m_bar, ref.m_bar):  # as if the bad fires never happened
+        assert torch.equal(a, b) and torch.isfinite(a).all()
+    fresh = AnchorEMA(0.5)
+    fresh.load_state_dict(ema.state_dict())
+    assert fresh.rejected == 3 and fresh.updates == 3
+
+
+def test_first_fire_non_finite_leaves_m_bar_unset():
+    ema = AnchorEMA(0.0)
+    m = _fires(1)[0]
+    m[0][0, 0] = float("nan")
+    assert not ema.try_update_(m) and ema.m_bar is None and ema.rejected == 1

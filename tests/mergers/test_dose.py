@@ -86,3 +86,38 @@ def test_signals_zero_safe():
     assert ratio_signal(z, z).item() == 0.0
     assert cos_signal(_c(-2.0), _c(4.0), _c(1.0)).item() == -1.0
     assert cos_signal(_c(1.0), _c(4.0), z).item() == 0.0
+
+
+def test_non_finite_c_is_not_pushed_into_the_window():
+    """A NaN/Inf c_t (or an invalid tick) leaves the ring as it was: later λ equals a run without it."""
+    cfg = AdaptiveLambdaConfig(mode="ratio", lambda0=0.5, kappa=2.0, cap=1.0, window=3)
+    clean, hit = DoseControl(cfg), DoseControl(cfg)
+    ref = RefDose(0.5, 2.0, 1.0, 3)
+    for c in (0.2, 0.4):
+        clean.dose(_c(c), 0), hit.dose(_c(c), 0), ref(c)
+    hit.dose(_c(float("nan")), 0)
+    hit.dose(_c(float("inf")), 0)
+    hit.dose(_c(0.9), 0, valid=torch.tensor(False))  # a finite c_t on a tick with a non-finite G
+    assert hit.pushes == 2 and torch.equal(hit.c_history.nan_to_num(-1.0), clean.c_history.nan_to_num(-1.0))
+    for c in (0.3, 0.1, 0.6):
+        lam, c_bar = hit.dose(_c(c), 0)
+        want = ref(c)
+        assert torch.isfinite(lam) and lam.item() == pytest.approx(want, rel=1e-12)
+        assert torch.equal(lam, clean.dose(_c(c), 0)[0])
+
+
+def test_first_tick_invalid_then_window_starts_clean():
+    dose = DoseControl(AdaptiveLambdaConfig(mode="cos", lambda0=1.0, kappa=1.0, cap=10.0, window=4))
+    dose.dose(_c(float("nan")), 0)
+    _, c_bar = dose.dose(_c(0.25), 0)
+    assert c_bar.item() == 0.25 and dose.pushes == 1
+
+
+def test_old_checkpoint_with_host_push_count_loads():
+    """Checkpoints written before the device-side count (int pushes, zero-filled ring) still resume."""
+    cfg = AdaptiveLambdaConfig(mode="ratio", lambda0=0.5, kappa=3.0, cap=1.0, window=4)
+    old = {"c_history": torch.tensor([0.1, 0.4, 0.0, 0.0], dtype=torch.float64), "pushes": 2}
+    dose, ref = DoseControl(cfg), RefDose(0.5, 3.0, 1.0, 4)
+    dose.load_state_dict(old)
+    ref(0.1), ref(0.4)
+    assert dose.dose(_c(0.3), 0)[0].item() == pytest.approx(ref(0.3), rel=1e-12)

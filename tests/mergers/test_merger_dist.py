@@ -105,9 +105,81 @@ def _body(rank, world):
     bad = build_merger(_cfg("ratio", checksum_every=1))
     bad.hold(m_bar, 1, 1)
     bad.apply_(_whole(rank), 1)
-    with pytest.raises(RuntimeError, match="ranks whose merger inputs differ"):
+    with pytest.raises(RuntimeError, match="with replicated gradients, on the local statistics"):
         bad.metrics()
 
 
 def test_sharded_and_dtensor_merge_equal_whole():
     run_on_gloo(_body, world_size=2)
+
+
+def _reject_body(rank, world):
+    """A NaN in one rank's shard of M: every rank rejects the fire, M̄ stays as it was on both."""
+    ema = AnchorEMA(0.5)
+    first = _rows(_whole(1), rank, world)
+    assert ema.try_update_(first)
+    second = _rows(_whole(2), rank, world)
+    if rank == 1:
+        second[1][0, 0] = float("nan")
+    assert not ema.try_update_(second, group=dist.group.WORLD)
+    assert ema.rejected == 1 and all(torch.equal(a, b) for a, b in zip(ema.m_bar, first))
+
+
+def _anchor_fingerprints(sent):
+    """What the anchor ships: every rank's fingerprint of the tensors it sent, in rank order."""
+    from verl_commeff.collectives import fingerprint, gather_rows
+
+    return gather_rows(fingerprint(sent))  # (world, 3)
+
+
+def _fingerprint_body(rank, world):
+    """Each rank's held M̄ shard / sign bits / live Q is fingerprinted; one corrupted rank is named."""
+    _reject_body(rank, world)  # (one spawn for both fault tests)
+    m_bar = _whole(7)
+    q = torch.randn(4, 2, generator=torch.Generator().manual_seed(3))  # the replicated Q, same on both ranks
+    # (a) dense row shards: a clean check passes, then one coordinate of rank 1's held shard flips sign.
+    merger = build_merger(_cfg("ratio", checksum_every=2), process_group=dist.group.WORLD, replicated=lambda: [q])
+    shards = _rows(m_bar, rank, world)
+    merger.hold(shards, 1, 1, fingerprints=_anchor_fingerprints(shards))
+    for tick in (1, 2):
+        merger.apply_(_rows(_grads(tick, m_bar), rank, world), tick)
+    assert merger.metrics()[P + "inputs_identical"] == 1.0
+    if rank == 1:
+        shards[1][0, 0] = -shards[1][0, 0]  # a corrupted shard (the merger holds it by reference)
+    for tick in (3, 4):
+        merger.apply_(_rows(_grads(tick, m_bar), rank, world), tick)
+    with pytest.raises(RuntimeError, match=r"rank\(s\) \[1\] hold an M̄ \(fire produced for tick 1\) whose "
+                                           r"fingerprint .* differs from the anchor's fingerprint"):
+        merger.metrics()
+
+    # (b) sign bits: one flipped bit on rank 0.
+    signs = build_merger(_cfg("ratio", checksum_every=1), process_group=dist.group.WORLD)
+    packed = pack_signs(_rows(m_bar, rank, world))
+    signs.hold(packed, 2, 1, fingerprints=_anchor_fingerprints(packed.bits))
+    if rank == 0:
+        packed.bits[1][0] ^= 1
+    signs.apply_(_rows(_grads(2, m_bar), rank, world), 2)
+    with pytest.raises(RuntimeError, match=r"rank\(s\) \[0\] hold an M̄"):
+        signs.metrics()
+
+    # (c) the live Q drifts on one rank.
+    q_local = q.clone()
+    if rank == 1:
+        q_local[2, 1] += 1e-3
+    drift = build_merger(_cfg("ratio", checksum_every=1), process_group=dist.group.WORLD,
+                         replicated=lambda: [q_local])
+    drift.apply_(_rows(_grads(1, m_bar), rank, world), 1)  # cold: Q is still checked
+    with pytest.raises(RuntimeError, match=r"live Q\) differ across ranks"):
+        drift.metrics()
+
+    # (d) ranks holding different fires (one rank kept a stale M̄).
+    stale = build_merger(_cfg("ratio", checksum_every=1), process_group=dist.group.WORLD)
+    stale.hold(_rows(m_bar, rank, world), 3 if rank == 0 else 2, 1)
+    stale.apply_(_rows(_grads(3, m_bar), rank, world), 3)
+    with pytest.raises(RuntimeError, match=r"ranks disagree on \(tick, held fire's produced tick, source tick\) = "
+                                           r"\[\(3, 3, 1\), \(3, 2, 1\)\]"):
+        stale.metrics()
+
+
+def test_non_finite_anchor_shard_rejected_everywhere_and_checksum_catches_a_corrupted_rank():
+    run_on_gloo(_fingerprint_body, world_size=2)

@@ -257,3 +257,55 @@ def test_apply_reads_nothing_on_the_host(monkeypatch):
             merger.apply_(g, tick)
     met = merger.metrics()  # the one read, after the ticks
     assert met[P + "merged_ticks"] == 4.0 and met[P + "inputs_identical"] == 1.0
+
+
+@pytest.mark.parametrize("bad_value", [float("inf"), float("nan")])
+@pytest.mark.parametrize("sign_transport", [False, True])
+def test_non_finite_grad_tick_is_skipped_counted_and_leaves_no_trace(bad_value, sign_transport):
+    """One non-finite G (verl then skips the step): G untouched, nothing reaches the window or telemetry."""
+    knobs = dict(mode="ratio", lambda0=0.5, kappa=3.0, cap=0.9, window=4)
+    hit, clean = build_merger(_cfg(alpha=0.25, adaptive=knobs)), build_merger(_cfg(alpha=0.25, adaptive=knobs))
+    dose = ref.RefDose(0.5, 3.0, 0.9, 4)
+    m = _tensors(30)
+    for merger in (hit, clean):
+        merger.hold(pack_signs(m) if sign_transport else m, 1, 1)
+    for tick in range(1, 8):
+        g = _tensors(300 + tick)
+        if tick % 2 == 0:
+            g = [x + 1.5 * y for x, y in zip(g, m)]
+        if tick == 3:
+            bad = _clone(g)
+            bad[1][2] = bad_value
+            out = _clone(bad)
+            hit.apply_(out, tick)
+            assert all(torch.equal(o.nan_to_num(7.0), b.nan_to_num(7.0)) for o, b in zip(out, bad))  # untouched
+            met = hit.metrics()
+            assert met[P + "skipped_ticks"] == 1.0 and P + "lambda" not in met and P + "c_median" not in met
+            assert all(v == v for v in met.values())  # no NaN in any metric
+            continue
+        lam = dose(ref.ratio_c(g, m, 0.25))
+        out_hit, out_clean = _clone(g), _clone(g)
+        hit.apply_(out_hit, tick)
+        clean.apply_(out_clean, tick)
+        for o, c, e in zip(out_hit, out_clean, ref.merged(g, m, 0.25, lam)):
+            assert torch.equal(o, c)
+            torch.testing.assert_close(o, e, rtol=1e-5, atol=1e-6)
+        met, met_clean = hit.metrics(), clean.metrics()
+        assert met[P + "lambda"] == pytest.approx(lam, rel=1e-6) == met_clean[P + "lambda"]
+        assert met[P + "c_median"] == met_clean[P + "c_median"]
+        assert met[P + "skipped_ticks"] == (1.0 if tick > 3 else 0.0) and met_clean[P + "skipped_ticks"] == 0.0
+
+
+def test_non_finite_dense_m_bar_is_never_merged():
+    """A dense M̄ holding a NaN (NaN would read as a '−' sign): every tick is skipped and counted."""
+    merger = build_merger(_cfg(alpha=0.25, adaptive=dict(mode="off", lambda0=1.0)))
+    m = _tensors(3)
+    m[0][1, 1] = float("nan")
+    merger.hold(m, 1, 1)
+    for tick in (1, 2):
+        g = _tensors(10 + tick)
+        out = _clone(g)
+        merger.apply_(out, tick)
+        assert all(torch.equal(o, x) for o, x in zip(out, g))
+    met = merger.metrics()
+    assert met[P + "skipped_ticks"] == 2.0 and met[P + "merged_ticks"] == 2.0 and P + "cos" not in met

@@ -184,3 +184,25 @@ def test_dp_codec_simulation_runs_before_the_merger_and_logs_bytes():
     restored = CommEffActorState(cfg, ticks_per_step=2, model=model, hidden_size=HIDDEN, num_layers=2)
     restored.load_state_dict(state.state_dict())
     assert restored.dp_codec.iter == 2 and set(restored.dp_codec.error_dict) == set(state.dp_codec.error_dict)
+
+
+def test_rejected_fire_keeps_the_held_m_bar_and_q_and_is_counted(caplog):
+    state, model = make_state(sync="strict", q_source="anchor", delay_k=0, cadence=1)
+    m_bar = anchor_signal(state, 6)
+    state.offer(ReadyResult(AnchorResult(1, 1, m_bar)))
+    state.offer(ReadyResult(AnchorResult(2, 2, None, rejected=True, backwards=1)))
+    _, grads, _ = train_tick(state, model, seed=1)
+    state.before_optimizer_step(grads)
+    staged_before = state.codec.state_dict()["staged"]
+    with caplog.at_level("WARNING", logger="verl_commeff.workers.actor_state"):
+        _, grads, before = train_tick(state, model, seed=2)
+        state.before_optimizer_step(grads)  # tick 2: the rejected fire; fire 1's M̄ is still used
+    for g_new, g, m in zip(grads, before, m_bar):
+        torch.testing.assert_close(g_new, 0.25 * g + 0.75 * g.abs() * torch.where(m >= 0, 1.0, -1.0))
+    assert state.merger.produced_tick == 1
+    staged_after = state.codec.state_dict()["staged"]
+    assert (staged_before is None) == (staged_after is None)  # no Q refresh from a rejected fire
+    metrics = state.metrics()
+    assert metrics["commeff/anchor/rejected_fires"] == 1 and metrics["commeff/anchor/fires_used"] == 1
+    assert metrics["commeff/anchor/backwards"] == 1
+    assert any("rejected fire 2" in r.getMessage() for r in caplog.records)

@@ -12,11 +12,15 @@ actor rank r holds. One fire (:meth:`AnchorWorker.anchor_fire`), per rank:
    the anchor loss (the actor's ``ppo_loss`` at ratio 1, :mod:`verl_commeff.anchor.loss`),
    the forward observed by the anchor's codec when ``q_source=anchor``;
 3. M = the target matrices' gradients, mean-reduced over the anchor's ranks by FSDP;
-4. M̄ ← EMA(M) (:class:`~verl_commeff.mergers.anchor_ema.AnchorEMA`), kept here;
-5. at Q-refresh ticks: the sketch summed over the anchor's ranks, and the anchor's own Q
-   moved to orth(sketch) so the next sketch starts from the actor's new basis;
-6. return M̄ (this rank's shards, or packed sign bits) and the sketch (a colocated anchor
-   offloads its model again first).
+4. at Q-refresh ticks: the sketch summed over the anchor's ranks;
+5. M̄ ← EMA(M) (:class:`~verl_commeff.mergers.anchor_ema.AnchorEMA`), kept here, unless M
+   (on any rank) or the sketch is non-finite: then the fire is **rejected** (M̄ and Q keep
+   their last state, counted, a warning logged once) and the result says so; otherwise the
+   anchor's own Q moves to orth(sketch) so the next sketch starts from the actor's new basis;
+6. return M̄ (this rank's shards, or packed sign bits), every anchor rank's fingerprint of
+   what it sends (one all-gather of 3 numbers per rank; the actor's cross-rank check
+   compares its held shard against it) and the sketch (a colocated anchor offloads its
+   model again first); a rejected fire returns neither.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from verl.single_controller.base.decorator import Dispatch, register
 from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from verl_commeff.collectives import all_reduce_
+from verl_commeff.collectives import all_reduce_, fingerprint, gather_rows
 from verl_commeff.mergers.grad_layout import local_view
 from verl_commeff.workers.actor_state import AnchorResult, select_targets
 from verl_commeff.workers.weight_shards import load_local_shards, resolve
@@ -103,38 +107,70 @@ class AnchorWorker(ActorRolloutRefWorker):
         # Step 2: this rank's share of the mini-batch, through verl's forward/backward with the anchor loss.
         data = _share(resolve(minibatch), engine.get_data_parallel_rank(), engine.get_data_parallel_size())
         _inject_engine_keys(data, self.actor)
+        loss_fn = _CountedLoss(state.loss_fn)
         with engine.train_mode(disable_auto_offload=False):  # leaving train mode releases the gradients
             engine.optimizer_zero_grad()
             scope = state.codec.pass_scope("anchor") if state.codec is not None else contextlib.nullcontext()
             with scope:
-                engine.forward_backward_batch(data, state.loss_fn, forward_only=False)
+                engine.forward_backward_batch(data, loss_fn, forward_only=False)
 
             # Step 3: M = the target gradients (this rank's shards, DP-mean-reduced by FSDP).
-            grads = [_local(p.grad) for _, p in state.targets]
+            grads = [_local(p) for _, p in state.targets]
 
-            # Step 4: M̄ ← EMA(M), kept on the anchor (AnchorEMA copies; the grads can go).
-            m_bar = state.ema.update_(grads)
+            # Step 4: the Q sketch at Q-refresh ticks (summed over the anchor's ranks).
+            sketch = None
+            if state.codec is not None and state.schedule.q_refresh_at(fire_tick):
+                sketch = state.codec.take_sketch()
+                all_reduce_(sketch)
+
+            # Step 5: M̄ ← EMA(M) unless M or the sketch is non-finite (AnchorEMA copies; the grads can go).
+            sketch_ok = sketch is None or bool(torch.isfinite(sketch).all())  # replicated: same on every rank
+            accepted = state.ema.try_update_(grads, finite=sketch_ok)
+            m_bar = state.ema.m_bar
             engine.optimizer_zero_grad()
-
-        # Step 5: the Q sketch at Q-refresh ticks; the anchor's own Q follows the actor's.
-        sketch = None
-        if state.codec is not None and state.schedule.q_refresh_at(fire_tick):
-            sketch = state.codec.take_sketch()
-            all_reduce_(sketch)
+        if accepted and sketch is not None:  # the anchor's own Q follows the actor's
             state.codec.refresh(sketch, reduce=False)
             state.codec.activate_staged()
 
         # Step 6: M̄ (or its signs) back to the actor; a colocated anchor gives the devices back.
         if state.offload:
             engine.to("cpu", model=True, optimizer=False, grad=True)
+        if not accepted:
+            return AnchorResult(fire_tick, source_tick, None, None, compute_s=time.perf_counter() - start,
+                                backwards=loss_fn.backwards, rejected=True)
         if state.cfg.anchor.transport == "sign":
             from verl_commeff.mergers.sign_bits import pack_signs
 
             held = pack_signs(m_bar)
+            sent = held.bits
         else:
-            held = [m.detach().clone() for m in m_bar]
+            held = sent = [m.detach().clone() for m in m_bar]
+        # every anchor rank's fingerprint of what it sends (the actor's cross-rank check compares against it)
+        fingerprints = gather_rows(fingerprint(sent)).cpu()  # (anchor world, 3)
         return AnchorResult(fire_tick, source_tick, held, sketch, compute_s=time.perf_counter() - start,
-                            backwards=1)
+                            backwards=loss_fn.backwards, fingerprints=fingerprints)
+
+
+class _CountedLoss:
+    """The anchor's loss function, counting the backward passes that really run through it.
+
+    Each call (one micro-batch) hooks the loss it returns; the hook fires when autograd's
+    backward reaches that loss, so :attr:`backwards` is the number of backward passes run,
+    not an assumed one per fire.
+    """
+
+    def __init__(self, fn):
+        self.fn, self.backwards = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        out = self.fn(*args, **kwargs)
+        loss = out[0] if isinstance(out, tuple) else out
+        if isinstance(loss, torch.Tensor) and loss.requires_grad:
+            loss.register_hook(self._count)
+        return out
+
+    def _count(self, grad):
+        self.backwards += 1
 
 
 class _AnchorState:
@@ -147,10 +183,18 @@ class _AnchorState:
         self.offload = cfg.anchor.placement == "colocated" and not is_cpu_platform()
 
 
-def _local(t: Optional[torch.Tensor]) -> torch.Tensor:
-    if t is None:
+def _local(p: torch.nn.Parameter) -> torch.Tensor:
+    """This rank's local gradient of target ``p``.
+
+    FSDP1 with ``use_orig_params`` gives a parameter with no elements in this rank's flat
+    shard an empty view and ``grad=None``: its local M is the empty tensor, as the actor's
+    local G is (:meth:`CommEffEngineMixin.optimizer_step`).
+    """
+    if p.grad is None:
+        if local_view(p).numel() == 0:
+            return p.detach().new_zeros(0)  # (0,)
         raise RuntimeError("anchor: a target parameter got no gradient (is it used by the forward?)")
-    return local_view(t)
+    return local_view(p.grad)
 
 
 def _share(data, dp_rank: int, dp_size: int):

@@ -42,6 +42,7 @@ def build_merger(
     cfg: "MergerConfig",
     process_group: Optional["dist.ProcessGroup"] = None,
     checksum_group: Optional["dist.ProcessGroup"] = None,
+    replicated=None,
 ) -> Merger:
     """The merger selected by ``cfg.name``.
 
@@ -49,6 +50,8 @@ def build_merger(
         cfg: the merger config.
         process_group: shard group for plain local-shard gradients (FSDP1); None for
             DTensors (their mesh gives it) or whole tensors.
-        checksum_group: group of the cross-rank input check (None = default group).
+        checksum_group: group of the cross-rank check (None = default group).
+        replicated: callable giving the tensors every rank must hold identically (the live Q).
     """
-    return get_merger_cls(cfg.name)(cfg, process_group=process_group, checksum_group=checksum_group)
+    return get_merger_cls(cfg.name)(cfg, process_group=process_group, checksum_group=checksum_group,
+                                    replicated=replicated)

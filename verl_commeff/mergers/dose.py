@@ -16,10 +16,13 @@ Conventions (fixed here, tested):
 - For an even count c̄ is the **lower median** (the smaller of the two middle values,
   ``torch.median``'s definition), so c̄ is always one of the observed c_t.
 - Age decay multiplies the clamped adaptive λ (so with decay λ_t ≤ λ_cap still holds).
+- A tick whose c_t is not finite (or that the caller marks invalid: a non-finite G or M̄)
+  is **not pushed**: the ring and its count stay as they were, so one bad tick cannot
+  poison c̄ for the next ``window`` ticks. The caller skips that tick's merge.
 
 The stateless functions below are the math; :class:`DoseControl` is the small state
-(ring buffer of past c_t on the gradients' device, filled count on the host). Nothing here
-reads a device value on the host.
+(ring buffer of past c_t and its push count, both on the gradients' device: whether a
+tick is pushed is decided on the device). Nothing here reads a device value on the host.
 """
 
 from __future__ import annotations
@@ -76,8 +79,9 @@ class DoseControl:
 
     State:
         c_history: (window,) fp64 ring of the latest c_t values, created on the first push
-            on c_t's device; slot ``pushes % window`` is written next.
-        pushes: how many c_t values were pushed (host int; known without a device read).
+            on c_t's device; NaN marks a slot never written; slot ``pushes % window`` is
+            written next.
+        pushes: 0-d int64 device tensor, how many c_t values were pushed (valid ticks only).
 
     Args:
         adaptive: the :class:`~verl_commeff.config.AdaptiveLambdaConfig` (duck-typed).
@@ -92,36 +96,48 @@ class DoseControl:
         self.window = int(adaptive.window)
         self.age_decay = float(age_decay)
         self.c_history: Optional[torch.Tensor] = None
-        self.pushes = 0
+        self.pushes: Optional[torch.Tensor] = None
 
     @property
     def adaptive(self) -> bool:
         """True when λ_t follows c_t (mode ``ratio`` or ``cos``)."""
         return self.mode != "off"
 
-    def _push(self, c_t: torch.Tensor) -> torch.Tensor:
-        """Write c_t into the ring and return c̄, the lower median of the filled slots (incl. c_t)."""
-        if self.c_history is None:
-            self.c_history = torch.zeros(self.window, dtype=STAT_DTYPE, device=c_t.device)  # (window,)
-        elif self.c_history.device != c_t.device:
-            self.c_history = self.c_history.to(c_t.device)  # once, after a resume onto another device
-        self.c_history[self.pushes % self.window] = c_t
-        self.pushes += 1
-        filled = self.c_history[: min(self.pushes, self.window)]  # (n,) order irrelevant for a median
-        return torch.median(filled)
+    def _push(self, c_t: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Write c_t into the ring if ``valid`` and return c̄, the lower median of the filled slots.
 
-    def dose(self, c_t: torch.Tensor, age: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        Masked on the device (no host read): an invalid tick rewrites the slot with its old
+        value and does not advance ``pushes``.
+        """
+        if self.c_history is None:
+            self.c_history = torch.full((self.window,), float("nan"), dtype=STAT_DTYPE, device=c_t.device)  # (window,)
+            self.pushes = torch.zeros((), dtype=torch.int64, device=c_t.device)
+        elif self.c_history.device != c_t.device:  # once, after a resume onto another device
+            self.c_history, self.pushes = self.c_history.to(c_t.device), self.pushes.to(c_t.device)
+        slot = (self.pushes % self.window).reshape(1)  # (1,) int64 on the device
+        old = self.c_history.index_select(0, slot)  # (1,)
+        self.c_history.index_copy_(0, slot, torch.where(valid, c_t.reshape(1), old))
+        self.pushes += valid.to(torch.int64)
+        return torch.nanmedian(self.c_history)  # NaN slots (never written) are left out
+
+    def dose(
+        self, c_t: torch.Tensor, age: int, valid: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """λ_t for one warm tick.
 
         Steps:
             1. Adaptive off: λ_t = λ_0.
-            2. Adaptive on: push c_t, c̄ = lower median of the last ``window`` c_t (incl. this
-               one), λ_t = clamp(λ_0 + κ·(c̄ − c_t), 0, λ_cap).
+            2. Adaptive on: push c_t unless it is non-finite or ``valid`` is False, c̄ = lower
+               median of the last ``window`` pushed c_t (incl. this one),
+               λ_t = clamp(λ_0 + κ·(c̄ − c_t), 0, λ_cap).
             3. Age decay: λ_t ← λ_t·μ^age.
 
         Args:
             c_t: 0-d fp64 tensor, this tick's signal (ignored when adaptive is off).
             age: ticks since the held M̄ was produced.
+            valid: 0-d bool device tensor, False when the tick must not reach the ring (its
+                G or M̄ is not finite); None = True. λ_t of an invalid tick is meaningless:
+                the caller skips its merge.
 
         Returns:
             (λ_t, c̄): 0-d fp64 tensors on c_t's device; c̄ is None when adaptive is off.
@@ -131,7 +147,9 @@ class DoseControl:
         if not self.adaptive:
             return torch.full((), self.lambda0 * decay, dtype=STAT_DTYPE, device=c_t.device), None
         # Step 2: the adaptive dose.
-        c_bar = self._push(c_t.to(STAT_DTYPE))
+        c_t = c_t.to(STAT_DTYPE)
+        ok = torch.isfinite(c_t) if valid is None else torch.isfinite(c_t) & valid
+        c_bar = self._push(c_t, ok)
         lam = adaptive_lambda(c_t.to(STAT_DTYPE), c_bar, self.lambda0, self.kappa, self.cap)
         # Step 3: age decay.
         return lam * decay, c_bar
@@ -152,5 +170,13 @@ class DoseControl:
                 f"DoseControl.load_state_dict: checkpoint c_history has shape {tuple(hist.shape)}, "
                 f"commeff.merger.adaptive.window={self.window} needs ({self.window},)"
             )
-        self.c_history = None if hist is None else hist.detach().clone().to(STAT_DTYPE)
-        self.pushes = int(state["pushes"])
+        if hist is None:
+            self.c_history, self.pushes = None, None
+            return
+        self.c_history = hist.detach().clone().to(STAT_DTYPE)
+        pushes = state["pushes"]
+        if not isinstance(pushes, torch.Tensor):  # a checkpoint from before the device-side count
+            if pushes < self.window:
+                self.c_history[pushes:] = float("nan")  # unwritten slots were zeros then
+            pushes = torch.tensor(pushes)
+        self.pushes = pushes.detach().clone().to(device=self.c_history.device, dtype=torch.int64)

@@ -36,6 +36,6 @@ class NoMerger(Merger):
         """No correction: ‖δ_t‖² = 0."""
         return torch.zeros((), dtype=STAT_DTYPE, device=stats.device)
 
-    def _dose(self, c_t: torch.Tensor, age: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _dose(self, c_t: torch.Tensor, age: int, valid: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """No dose: λ_t = 0 (the dose ring is left untouched)."""
         return torch.zeros((), dtype=STAT_DTYPE, device=c_t.device), None

@@ -32,7 +32,9 @@ from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from verl_commeff.clock import ticks_per_step
-from verl_commeff.config import CommEffConfigError, to_commeff_config
+# A module reference, not its names: ``import verl_commeff.config`` as a process's first import
+# loads verl, whose plugin imports this module while the config module is still executing.
+import verl_commeff.config as commeff_config
 from verl_commeff.schedule import FireSchedule
 from verl_commeff.trainer.anchor_driver import AnchorDriver, tick_minibatches
 
@@ -78,7 +80,7 @@ class CommEffTrainer(PPOTrainerSync):
                 raise ValueError(f"trainer.v1.sampler.sampler_kwargs.poll_interval={poll!r}: must be a number > 0")
             self.replay_buffer.poll_interval = float(poll)
 
-        self.commeff_cfg = to_commeff_config(config.get("commeff"))  # absent in the drop-in form: defaults
+        self.commeff_cfg = commeff_config.to_commeff_config(config.get("commeff"))  # absent in the drop-in form: defaults
         actor = config.actor_rollout_ref.actor
         self.commeff_ticks_per_step = ticks_per_step(
             int(config.data.train_batch_size), int(actor.ppo_mini_batch_size), int(actor.ppo_epochs))
@@ -86,7 +88,7 @@ class CommEffTrainer(PPOTrainerSync):
                                              self.commeff_ticks_per_step, self.commeff_cfg.q_cadence)
         self._anchor_on = self.commeff_cfg.enable and self.commeff_cfg.anchor.enable
         if self._anchor_on and actor.shuffle:
-            raise CommEffConfigError(
+            raise commeff_config.CommEffConfigError(
                 "commeff.anchor needs actor_rollout_ref.actor.shuffle=False: the driver reconstructs each tick's "
                 "mini-batch for the anchor from verl's unshuffled mini-batch order")
         self.anchor_wg = None
@@ -106,6 +108,9 @@ class CommEffTrainer(PPOTrainerSync):
         from verl_commeff.cpu_platform import is_cpu_platform
 
         if is_cpu_platform():
+            from verl_commeff.platform_probe import check_ray_has_no_accelerators
+
+            check_ray_has_no_accelerators()  # an auto-selected CPU platform must not take over a GPU cluster
             mgr = self.resource_pool_manager
             self.resource_pool_manager = HostResourcePoolManager(
                 resource_pool_spec=mgr.resource_pool_spec, mapping=mgr.mapping)
@@ -137,7 +142,7 @@ class CommEffTrainer(PPOTrainerSync):
         actor_world = self.actor_rollout_wg.world_size
         if anchor.placement == "separate":
             if anchor.n_gpus_per_node * anchor.nnodes != actor_world:
-                raise CommEffConfigError(
+                raise commeff_config.CommEffConfigError(
                     f"commeff.anchor.n_gpus_per_node × nnodes = {anchor.n_gpus_per_node * anchor.nnodes} must equal "
                     f"the actor's world size {actor_world}: anchor rank r holds actor rank r's shards")
             from verl_commeff.cpu_platform import is_cpu_platform

@@ -16,6 +16,7 @@ engine mixin (:mod:`verl_commeff.workers.engine`) calls it at four points:
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Protocol, Sequence
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AnchorResult", "CommEffActorState", "PendingResult", "ReadyResult", "select_targets"]
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class AnchorResult:
@@ -43,26 +46,36 @@ class AnchorResult:
     Args:
         fire_tick: the tick the result is for.
         source_tick: the tick whose mini-batch was replayed.
-        m_bar: M̄ after this fire, laid out like this rank's target gradients (or packed signs).
+        m_bar: M̄ after this fire, laid out like this rank's target gradients (or packed signs);
+            None when the fire was rejected.
         sketch: the anchor's Q sketch (B, H, r), already summed over the anchor's ranks, or
             None when Q is not refreshed from the anchor.
         compute_s: seconds the anchor rank spent on the fire.
         backwards: backward passes the anchor rank ran for this fire (summed by the actor into
             ``commeff/anchor/backwards``: the proof that the anchor really ran).
+        fingerprints: (anchor world, 3) fp64 on the host, row r = (Σx, Σ|x|, Σx²) of what
+            anchor rank r sent (see :meth:`~verl_commeff.mergers.base.Merger.hold`); None = unchecked.
+        rejected: the anchor rejected this fire (its M or sketch was not finite on some
+            rank): its M̄ is unchanged, nothing is sent, the actor keeps the M̄ it holds.
     """
 
     fire_tick: int
     source_tick: int
-    m_bar: HeldSignal
+    m_bar: Optional[HeldSignal]
     sketch: Optional[torch.Tensor] = None
     compute_s: float = 0.0
     backwards: int = 0
+    rejected: bool = False
+    fingerprints: Optional[torch.Tensor] = None
 
     def wire_bytes(self) -> int:
         """Bytes this result carries to one actor rank (M̄ shards or sign bits, and the sketch)."""
         from verl_commeff.mergers.sign_bits import PackedSigns
 
-        held = self.m_bar.bits if isinstance(self.m_bar, PackedSigns) else self.m_bar
+        if self.m_bar is None:
+            held = []
+        else:
+            held = self.m_bar.bits if isinstance(self.m_bar, PackedSigns) else self.m_bar
         total = sum(t.numel() * t.element_size() for t in held)
         if self.sketch is not None:
             total += self.sketch.numel() * self.sketch.element_size()
@@ -148,7 +161,9 @@ class CommEffActorState:
         self.codec = None
         if cfg.codec.enable:
             self.codec = BoundaryCodec(cfg.codec, hidden_size, num_layers, process_group=dp_group).install(model)
-        self.merger = build_merger(cfg.merger, process_group=merger_group)
+        codec = self.codec
+        self.merger = build_merger(cfg.merger, process_group=merger_group,
+                                   replicated=(lambda: [codec.live_basis]) if codec is not None else None)
         self.targets = select_targets(model, cfg.anchor.targets)
         self.dp_codec = DPCodecState.from_config(cfg.dp_codec) if cfg.dp_codec.enable else None
         self.dp_groups = dp_groups if dp_groups is not None else ReplicaGroups()
@@ -162,6 +177,7 @@ class CommEffActorState:
         self._age_n = 0
         self._anchor_bytes = 0  # this step
         self._anchor_backwards = 0
+        self._rejected_fires = 0
 
     # ---- passes ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -228,8 +244,16 @@ class CommEffActorState:
             exchange_module_grads_(self.dp_codec, self._model.named_parameters(), self._dp_targets, self.dp_groups)
         # Step 1: the anchor result due at this tick becomes the held M̄ (and maybe Q's sketch).
         result = self._take_result(tick) if self.cfg.anchor.enable else None
+        if result is not None and result.rejected:  # non-finite on the anchor: keep the held M̄ and Q
+            self._rejected_fires += 1
+            self._anchor_backwards += result.backwards
+            (logger.warning if self._rejected_fires == 1 else logger.debug)(
+                "commeff: the anchor rejected fire %d (non-finite M or sketch); the actor keeps its held M̄ "
+                "(counted in commeff/anchor/rejected_fires)", result.fire_tick)
+            result = None
         if result is not None:
-            self.merger.hold(result.m_bar, produced_tick=result.fire_tick, source_tick=result.source_tick)
+            self.merger.hold(result.m_bar, produced_tick=result.fire_tick, source_tick=result.source_tick,
+                             fingerprints=result.fingerprints)
             self._fires_used += 1
             self._age_sum += tick - result.source_tick
             self._age_n += 1
@@ -254,6 +278,7 @@ class CommEffActorState:
         out["commeff/anchor/wait_s"] = self._wait_s
         out["commeff/anchor/fires_used"] = float(self._fires_used)
         out["commeff/anchor/backwards"] = float(self._anchor_backwards)
+        out["commeff/anchor/rejected_fires"] = float(self._rejected_fires)
         out["commeff/bytes/anchor_sent"] = float(self._anchor_bytes)
         if self.dp_codec is not None:
             out.update(self.dp_codec.ledger.metrics())
@@ -276,6 +301,7 @@ class CommEffActorState:
             "fires_used": self._fires_used,
             "anchor_backwards": self._anchor_backwards,
             "dp_codec": None if self.dp_codec is None else self.dp_codec.state_dict(),
+            "rejected_fires": self._rejected_fires,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -291,3 +317,4 @@ class CommEffActorState:
             raise ValueError("checkpoint and config disagree on commeff.dp_codec.enable")
         if self.dp_codec is not None:
             self.dp_codec.load_state_dict(state["dp_codec"])
+        self._rejected_fires = state.get("rejected_fires", 0)
