@@ -61,7 +61,7 @@ class Difficulty:
 # learnable preset's (a warm-started tiny model gets part of it right, GRPO improves it).
 DIFFICULTIES = {
     "easy": Difficulty(),
-    "tiny_rl": Difficulty(max_number=10, min_ops=1, max_ops=2, distractor_p=0.25),
+    "tiny_rl": Difficulty(max_number=9, min_ops=1, max_ops=1, distractor_p=0.3),
     "hard": Difficulty(max_number=50, min_ops=2, max_ops=3, distractor_p=0.5),
 }
 

@@ -52,12 +52,12 @@ class WarmStartConfig:
         seed: seeds the problems, the batches and the evaluation's sampling.
     """
 
-    target_accuracy: float = 0.25
+    target_accuracy: float = 0.2
     max_steps: int = 3000
-    eval_every: int = 50
+    eval_every: int = 25
     batch_size: int = 32
     lr: float = 3e-3
-    n_eval: int = 128
+    n_eval: int = 64
     gsm8k_format_share: float = 0.35
     seed: int = 0
 
