@@ -11,7 +11,9 @@
 - at every actor update, the :class:`~verl_commeff.trainer.anchor_driver.AnchorDriver`
   submits the fires whose mini-batch is in this step and hands their futures to the actor;
 - ``actor/commeff/*`` worker metrics are logged as ``commeff/*``;
-- on a CPU-only Ray cluster the resource check counts CPUs (verl's counts GPUs only).
+- on a CPU-only Ray cluster the resource check counts CPUs (verl's counts GPUs only);
+- reproducible batches (:class:`~verl_commeff.trainer.reproducible.ReproducibleBatchesMixin`):
+  step-derived prompt uids, sampled batches in dataloader order, ``rollout.do_sample=False`` honoured.
 
 With ``commeff.enable=false`` it is verl's sync trainer with the stock actor.
 """
@@ -33,6 +35,7 @@ from verl_commeff.clock import ticks_per_step
 from verl_commeff.config import CommEffConfigError, to_commeff_config
 from verl_commeff.schedule import FireSchedule
 from verl_commeff.trainer.anchor_driver import AnchorDriver, tick_minibatches
+from verl_commeff.trainer.reproducible import ReproducibleBatchesMixin
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ class HostResourcePoolManager(ResourcePoolManager):
 
 
 @register_trainer("commeff")
-class CommEffTrainer(PPOTrainerSync):
+class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
     """verl's sync trainer with the comm-eff actor and the asynchronous anchor worker group."""
 
     def __init__(self, config):
