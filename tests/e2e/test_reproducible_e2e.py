@@ -1,8 +1,10 @@
 """Reruns and resumes reproduce: the tiny CPU recipe with the same seed logs the same metrics, bit for bit.
 
-Two runs of ``recipes/gsm8k_grpo_dense.sh`` (cpu_tiny preset) must log identical values for
-every metric except measurements of the machine (``timing_*``, ``perf/*``, memory use). A run stopped after step 2 and resumed to step 3 must log at step 3 what an
-uninterrupted 3-step run logs. Each run costs about two minutes on 2 cores.
+Two runs of ``recipes/gsm8k_grpo_dense.sh`` (cpu_tiny preset), and two of the comm-eff
+recipe (2 steps, K=2, cadence 2: one anchor fire merged), must log identical values for
+every metric except measurements of the machine (``timing_*``, ``perf/*``, memory use).
+A run stopped after step 2 and resumed to step 3 must log at step 3 what an uninterrupted
+3-step run logs. Each run costs about two minutes on 2 cores (six runs in all).
 """
 
 import json
@@ -19,8 +21,8 @@ PINS = ("actor_rollout_ref.rollout.max_num_seqs=1", "trainer.val_before_train=Fa
 
 
 def is_measurement(key: str) -> bool:
-    """Wall-clock times, throughput and memory use, which no rerun reproduces."""
-    return key.startswith(("timing_s/", "timing_per_token_ms/", "perf/", "actor/perf/")) or key.endswith("wait_s")
+    """Wall-clock times (``*_s``: e.g. ``commeff/anchor/wait_s``), throughput and memory use."""
+    return key.startswith(("timing_s/", "timing_per_token_ms/", "perf/", "actor/perf/")) or key.endswith("_s")
 
 
 def _run(tmp_path, exp, steps, *overrides, arm="gsm8k_grpo_dense.sh"):
@@ -39,7 +41,7 @@ def _run(tmp_path, exp, steps, *overrides, arm="gsm8k_grpo_dense.sh"):
 
 
 def _differences(a: dict, b: dict) -> list:
-    return [(step, key, a[step].get(key), b[step].get(key)) for step in sorted(set(a) | set(b))
+    return [(step, key, a.get(step, {}).get(key), b.get(step, {}).get(key)) for step in sorted(set(a) | set(b))
             for key in sorted(set(a.get(step, {})) | set(b.get(step, {})))
             if a.get(step, {}).get(key) != b.get(step, {}).get(key)]
 
@@ -69,3 +71,11 @@ def test_a_resumed_run_logs_what_the_uninterrupted_run_logs(workdir, uninterrupt
     resumed = _run(workdir, "resumed", 3, ckpt, "trainer.resume_mode=auto")
     assert sorted(stopped) == [1, 2] and sorted(resumed) == [3]
     assert _differences({3: uninterrupted[3]}, resumed) == []
+
+
+def test_two_comm_eff_runs_with_the_same_seed_log_identical_metrics(workdir):
+    runs = [_run(workdir, f"commeff{i}", 2, f"trainer.default_local_dir={workdir / f'ckpt_commeff{i}'}",
+                 arm="gsm8k_grpo_commeff.sh") for i in (1, 2)]
+    assert sorted(runs[0]) == [1, 2] and runs[0][2].get("commeff/anchor/fires_used", 0) >= 1
+    assert runs[0][2].get("commeff/merger/merged_ticks", 0) >= 1
+    assert _differences(*runs) == []
