@@ -102,6 +102,7 @@ data=(
     data.train_batch_size="$TRAIN_BATCH"
     data.max_prompt_length="$PROMPT_LEN"
     data.max_response_length="$RESPONSE_LEN"
+    data.seed=42                                 # the train sampler's shuffle order (docs/reliability.md)
 )
 model=(
     actor_rollout_ref.model.path="$MODEL"
@@ -121,6 +122,7 @@ rollout=(
     actor_rollout_ref.rollout.n="$N"
     actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu="$MICRO_BATCH"
     actor_rollout_ref.rollout.tensor_model_parallel_size=1
+    actor_rollout_ref.rollout.agent.default_agent_loop=seeded_single_turn_agent   # per-trajectory sampling seeds (hf)
 )
 algorithm=(
     algorithm.adv_estimator=grpo

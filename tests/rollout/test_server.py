@@ -139,8 +139,8 @@ def test_multi_modal_input_and_unknown_sampling_params_are_rejected(server):
     with pytest.raises(UnsupportedRolloutOption, match="multi-modal"):
         ray.get(server.generate.remote(prompt_ids=PROMPTS[0], sampling_params=dict(GREEDY), request_id="m",
                                        image_data=["an image"]))
-    with pytest.raises(UnsupportedRolloutOption, match="seed"):
-        _generate(server, PROMPTS[0], {**GREEDY, "seed": 3})
+    with pytest.raises(UnsupportedRolloutOption, match="min_p"):
+        _generate(server, PROMPTS[0], {**GREEDY, "min_p": 0.1})
 
 
 def test_sleep_holds_requests_until_kv_cache_is_resumed(server, model):

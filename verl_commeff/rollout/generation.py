@@ -14,6 +14,15 @@ generated token taken from the scores ``generate`` itself used:
 value itself. Scores are kept for every step of the batch, ``(steps, B, vocab)``,
 so batches are bounded by the server (``rollout.max_num_batched_tokens``).
 
+Sampling is reproducible per request: every sampled row carries its own seed, and the
+token is drawn by the Gumbel-max trick, ``argmax(processed scores + Gumbel noise)``, with
+the noise from a ``torch.Generator`` of that row only (:class:`SeededGumbelSampler`, the
+last logits processor of a greedy ``generate``). A row's tokens therefore depend on its
+prompt, its seed and the weights, not on which other requests share its batch or in
+which order they arrived; ``generate``'s own ``do_sample`` path draws every row from one
+global generator, so there they would. Temperature, top-k and top-p are applied before
+the noise, in ``generate``'s own order, and the processed log-probs are taken before it.
+
 It also receives weights by name (:meth:`load_weights`, with a completeness check per
 update round) and can move its weights to host memory and back (sleep/wake-up).
 """
@@ -28,7 +37,7 @@ import torch
 
 from verl_commeff.rollout.options import SamplingSpec
 
-__all__ = ["Generated", "HFGenerator", "eos_token_ids"]
+__all__ = ["Generated", "HFGenerator", "SeededGumbelSampler", "eos_token_ids"]
 
 
 @dataclass
@@ -72,6 +81,43 @@ class _StopOnEvent:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class SeededGumbelSampler:
+    """The last logits processor of a seeded sampling batch: per-row Gumbel noise, so ``argmax`` samples.
+
+    ``argmax_v(s_v + g_v)`` with ``g_v = -log(-log(u_v))``, ``u_v ~ U(0, 1)`` i.i.d., is a draw from
+    ``softmax(s)`` (the Gumbel-max trick); tokens masked to ``-inf`` by top-k/top-p stay impossible.
+
+    Args:
+        seeds: one seed per batch row, in ``[0, 2**63)``.
+        device: where the scores live (the generators draw there).
+        keep_scores: record the scores as received (the processed distribution) for log-probs.
+    """
+
+    def __init__(self, seeds: Sequence[int], device: torch.device, keep_scores: bool):
+        self.generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
+        self.keep_scores = keep_scores
+        self.scores: list[torch.Tensor] = []  # one (B, V) per step, before the noise
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Add one step of each row's own noise to the processed scores ``(B, V)``.
+
+        1. Keep a copy of the processed scores (the log-probs are those of this distribution).
+        2. Draw ``V`` uniforms per row from the row's generator (the same ``t``-th draw whatever the batch).
+        3. Return ``scores + Gumbel(u)``.
+        """
+        # Step 1: the distribution the token is drawn from.
+        if self.keep_scores:
+            self.scores.append(scores.clone())
+        # Step 2: each row advances only its own generator, by exactly V draws per step.
+        uniforms = torch.stack([
+            torch.rand(scores.shape[-1], generator=g, device=scores.device, dtype=torch.float32)
+            for g in self.generators
+        ])  # (B, V)
+        # Step 3: Gumbel-max.
+        gumbel = -torch.log(-torch.log(uniforms.clamp_min(torch.finfo(torch.float32).tiny)))  # (B, V)
+        return scores + gumbel.to(scores.dtype)
 
 
 class HFGenerator:
@@ -139,6 +185,7 @@ class HFGenerator:
         spec: SamplingSpec,
         max_new_tokens: Sequence[int],
         stop: Optional[threading.Event] = None,
+        seeds: Optional[Sequence[int]] = None,
     ) -> list[Generated]:
         """Generate for a batch of prompts that share one sampling spec.
 
@@ -147,11 +194,14 @@ class HFGenerator:
             spec: decoding parameters shared by the batch.
             max_new_tokens: per-request token budget (>= 1).
             stop: when set during generation, every row stops and is reported aborted.
+            seeds: one sampling seed per request (see :class:`SeededGumbelSampler`); None samples
+                with ``generate``'s own ``do_sample`` from torch's global generator (batch-dependent).
+                Ignored for greedy specs.
 
         Returns:
             One :class:`Generated` per prompt, in order.
         """
-        from transformers import GenerationConfig, StoppingCriteriaList
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)  # (B, P), left-padded
@@ -159,6 +209,11 @@ class HFGenerator:
         for row, prompt in enumerate(prompts):
             input_ids[row, width - len(prompt):] = torch.as_tensor(prompt, dtype=torch.long)
             attention_mask[row, width - len(prompt):] = 1
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"hf rollout: {len(seeds)} seeds for {len(prompts)} prompts")
+        seeded = seeds is not None and not spec.greedy
+        sampler = SeededGumbelSampler(seeds, self.device, keep_scores=spec.logprobs and not self.raw_scores) \
+            if seeded else None
         config = GenerationConfig(
             max_new_tokens=max(max_new_tokens),
             min_new_tokens=0,
@@ -166,18 +221,20 @@ class HFGenerator:
             pad_token_id=self.pad_token_id,
             eos_token_id=None if spec.ignore_eos or not self.eos_ids else sorted(self.eos_ids),
             return_dict_in_generate=True,
-            output_scores=spec.logprobs and not self.raw_scores,
+            output_scores=spec.logprobs and not self.raw_scores and not seeded,
             output_logits=spec.logprobs and self.raw_scores,
-            **spec.generation_kwargs(),
+            # seeded: a greedy search over the warped scores plus the sampler's noise
+            **(spec.greedy_generation_kwargs() if seeded else spec.generation_kwargs()),
         )
         criteria = StoppingCriteriaList([_StopOnEvent(stop)]) if stop is not None else None
         out = self.model.generate(
             input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
             generation_config=config, stopping_criteria=criteria,
+            logits_processor=LogitsProcessorList([*spec.warpers(), sampler]) if seeded else None,
         )
         new_tokens = out.sequences[:, width:].cpu()  # (B, T), T <= max(max_new_tokens)
-        values = self._token_values(out.logits if self.raw_scores else out.scores, out.sequences[:, width:]) \
-            if spec.logprobs else None  # (B, T) or None
+        steps = out.logits if self.raw_scores else (sampler.scores if seeded else out.scores)
+        values = self._token_values(steps, out.sequences[:, width:]) if spec.logprobs else None  # (B, T) or None
         aborted = stop is not None and stop.is_set()
 
         results = []

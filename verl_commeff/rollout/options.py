@@ -10,11 +10,14 @@ Per-request sampling parameters arrive as the dict verl's agent loop builds
 from ``rollout.calculate_log_probs``). Greedy decoding is ``temperature=0`` (what verl
 sends for validation with the default ``val_kwargs``) or ``do_sample=False``. There is no
 ``max_tokens``: the budget comes from ``rollout.response_length`` and
-``rollout.prompt_length`` the same way verl's vLLM server computes it.
+``rollout.prompt_length`` the same way verl's vLLM server computes it. ``seed`` is a
+per-request sampling seed (vLLM's meaning); :mod:`verl_commeff.rollout.agent_loop` sends
+one derived from the trajectory, and the server derives one when a request has none.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
@@ -25,7 +28,9 @@ __all__ = [
     "check_model_config",
     "check_rollout_config",
     "parse_sampling_params",
+    "request_seed",
     "response_budget",
+    "sampling_seed",
 ]
 
 # vLLM's names (``rollout.logprobs_mode``): "processed" = after repetition penalty, temperature,
@@ -34,7 +39,7 @@ LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs", "processed_logits", "raw
 
 _SAMPLING_KEYS = frozenset(
     {"temperature", "top_p", "top_k", "repetition_penalty", "logprobs", "do_sample", "ignore_eos",
-     "max_tokens", "max_new_tokens"}
+     "max_tokens", "max_new_tokens", "seed"}
 )
 
 
@@ -137,6 +142,31 @@ class SamplingSpec:
             kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
         return kwargs
 
+    def greedy_generation_kwargs(self) -> dict[str, Any]:
+        """The ``GenerationConfig`` fields of a greedy search that keeps this spec's repetition penalty.
+
+        Seeded sampling runs ``generate`` greedily with :meth:`warpers` and a noise processor instead.
+        """
+        return {"do_sample": False, "repetition_penalty": self.repetition_penalty}
+
+    def warpers(self) -> list:
+        """Temperature, top-k and top-p as ``transformers`` logits processors, in ``generate``'s sampling order.
+
+        Only the active ones, as ``generate`` does with ``do_sample=True`` (``min_tokens_to_keep=1``).
+        """
+        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        if self.greedy:
+            return []
+        warpers = []
+        if self.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(self.temperature))
+        if self.top_k > 0:
+            warpers.append(TopKLogitsWarper(top_k=self.top_k, min_tokens_to_keep=1))
+        if self.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p=self.top_p, min_tokens_to_keep=1))
+        return warpers
+
 
 def parse_sampling_params(params: Mapping[str, Any], ignore_eos: bool = False) -> tuple[SamplingSpec, Optional[int]]:
     """Turn verl's per-request sampling dict into a :class:`SamplingSpec`.
@@ -177,6 +207,32 @@ def parse_sampling_params(params: Mapping[str, Any], ignore_eos: bool = False) -
     )
     budget = params.get("max_tokens", params.get("max_new_tokens"))
     return spec, None if budget is None else int(budget)
+
+
+def sampling_seed(params: Mapping[str, Any]) -> Optional[int]:
+    """The request's own sampling seed (``sampling_params["seed"]``), or None.
+
+    Raises:
+        UnsupportedRolloutOption: for a seed that is not a non-negative integer.
+    """
+    seed = params.get("seed")
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not hasattr(seed, "__index__"):
+        raise UnsupportedRolloutOption(f"sampling param seed={seed!r} must be a non-negative integer")
+    seed = int(seed)
+    if not 0 <= seed < 2**63:
+        raise UnsupportedRolloutOption(f"sampling param seed={seed} must be in [0, 2**63)")
+    return seed
+
+
+def request_seed(*parts: Any) -> int:
+    """A 63-bit seed that depends only on ``parts`` (their ``repr``), stable across processes and runs.
+
+    Python's ``hash`` is salted per process (``PYTHONHASHSEED``), so SHA-256 is used instead.
+    """
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def response_budget(

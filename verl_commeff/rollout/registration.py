@@ -9,6 +9,9 @@
 Both are keyed by ``actor_rollout_ref.rollout.name``; verl's ``RolloutConfig`` accepts any
 name, so ``rollout.name=hf`` needs nothing else. Only the registries are imported here;
 the backend's modules load when verl asks for them.
+
+It also adds the ``seeded_single_turn_agent`` agent loop (:mod:`verl_commeff.rollout.agent_loop`)
+to verl's agent-loop registry, which the agent loop workers read.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def register_hf_rollout() -> None:
 
     _ROLLOUT_REGISTRY[(HF_ROLLOUT_NAME, "async")] = _ADAPTER_PATH
     RolloutReplicaRegistry.register(HF_ROLLOUT_NAME, _load_replica)
+    import verl_commeff.rollout.agent_loop  # noqa: F401  -- registers seeded_single_turn_agent
 
 
 register_hf_rollout()

@@ -20,6 +20,14 @@ Concurrent requests are batched: requests that share a sampling spec go through 
 ``model.generate`` call, up to ``rollout.max_num_seqs`` sequences and
 ``rollout.max_num_batched_tokens`` padded prompt+response tokens. Generation runs in a
 thread so the actor keeps accepting requests and control calls meanwhile.
+
+Which requests share a batch depends on arrival timing, so sampling does not use a shared
+random stream: every request is sampled with its own seed (see
+:class:`verl_commeff.rollout.generation.SeededGumbelSampler`), its ``sampling_params["seed"]``
+when it has one (:mod:`verl_commeff.rollout.agent_loop` sends one per trajectory), else
+one derived from ``rollout.seed``, this replica, the weights' step, the prompt and how many
+identical prompts this replica has already seen at that step (reproducible as long as
+identical prompts arrive in the same order).
 """
 
 from __future__ import annotations
@@ -39,7 +47,9 @@ from verl_commeff.rollout.options import (
     UnsupportedRolloutOption,
     check_rollout_config,
     parse_sampling_params,
+    request_seed,
     response_budget,
+    sampling_seed,
 )
 
 __all__ = ["HFRolloutServer", "generation_device", "server_actor_name"]
@@ -88,6 +98,7 @@ class _Request:
     prompt_ids: list[int]
     spec: SamplingSpec
     budget: int
+    seed: int
     future: asyncio.Future = field(repr=False)
 
 
@@ -97,7 +108,7 @@ class HFRolloutServer:
     Args:
         config: ``actor_rollout_ref.rollout`` (``RolloutConfig`` or DictConfig).
         model_config: ``actor_rollout_ref.model`` (``HFModelConfig`` or DictConfig).
-        replica_rank: this replica's rank (seeds sampling).
+        replica_rank: this replica's rank (part of the derived sampling seeds).
         accelerator_id: Ray accelerator id of the actor rank to share a device with
             (see :func:`generation_device`); None on the host or to use the current device.
     """
@@ -131,7 +142,6 @@ class HFRolloutServer:
             logprobs_mode=self.config.logprobs_mode,
             trust_remote_code=self.model_config.trust_remote_code,
         )
-        torch.manual_seed(self.config.seed + replica_rank)
         _log.info("hf rollout replica %d: %s on %s", replica_rank, self.config.dtype, device)
 
         self.global_steps: Optional[int] = None
@@ -145,6 +155,8 @@ class HFRolloutServer:
         self._rejecting = False
         self._abort = threading.Event()  # stops the running batch
         self._running: list[str] = []
+        self._seen: dict[tuple, int] = {}  # prompt -> identical requests so far at _seen_step (derived seeds)
+        self._seen_step: Optional[int] = None
 
     # ------------------------------------------------------------------ generation
 
@@ -169,7 +181,7 @@ class HFRolloutServer:
         Args:
             prompt_ids: prompt token ids.
             sampling_params: verl's sampling dict (see :mod:`verl_commeff.rollout.options`).
-            request_id: caller's id (for abort bookkeeping).
+            request_id: caller's id (for abort bookkeeping; verl sends a fresh uuid, so it is not part of seeds).
             image_data: must be None (multi-modal input is not supported).
             video_data: must be None.
             audio_data: must be None.
@@ -193,11 +205,14 @@ class HFRolloutServer:
         budget = response_budget(
             len(prompt_ids), self.config.prompt_length, self.config.response_length, self.max_model_len, requested
         )
+        seed = sampling_seed(sampling_params)
+        if seed is None:
+            seed = self._derived_seed(prompt_ids)
         if self._paused and self._rejecting:
             result = Generated(token_ids=[], log_probs=None, aborted=True)
         else:
             future = asyncio.get_running_loop().create_future()
-            self._queue.append(_Request(request_id, prompt_ids, spec, budget, future))
+            self._queue.append(_Request(request_id, prompt_ids, spec, budget, seed, future))
             if self._batcher is None or self._batcher.done():
                 self._batcher = asyncio.create_task(self._serve_queue())
             result = await future
@@ -207,6 +222,15 @@ class HFRolloutServer:
             stop_reason="aborted" if result.aborted else "completed",
             extra_fields={"global_steps": self.global_steps},
         )
+
+    def _derived_seed(self, prompt_ids: list[int]) -> int:
+        """A seed for a request without one: (rollout.seed, replica, step, prompt, occurrence of the prompt)."""
+        if self._seen_step != self.global_steps:
+            self._seen, self._seen_step = {}, self.global_steps  # only the current weights' step is kept
+        prompt = tuple(prompt_ids)
+        occurrence = self._seen.get(prompt, 0)
+        self._seen[prompt] = occurrence + 1
+        return request_seed(self.config.seed, self.replica_rank, self.global_steps, prompt, occurrence)
 
     async def _serve_queue(self) -> None:
         """Run queued requests batch by batch while the server is open."""
@@ -222,7 +246,7 @@ class HFRolloutServer:
                 async with self._model_lock:
                     results = await asyncio.to_thread(
                         self.generator.generate, [r.prompt_ids for r in batch], batch[0].spec,
-                        [r.budget for r in batch], self._abort,
+                        [r.budget for r in batch], self._abort, [r.seed for r in batch],
                     )
             except Exception as error:  # reported to every caller of the batch
                 for request in batch:

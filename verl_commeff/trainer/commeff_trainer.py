@@ -13,7 +13,9 @@
 - ``actor/commeff/*`` worker metrics are logged as ``commeff/*``;
 - ``trainer.v1.sampler.sampler_kwargs.poll_interval`` sets the replay buffer's poll interval
   (verl's is a fixed 2 s per step);
-- on a CPU-only Ray cluster the resource check counts CPUs (verl's counts GPUs only).
+- on a CPU-only Ray cluster the resource check counts CPUs (verl's counts GPUs only);
+- reproducible batches (:class:`~verl_commeff.trainer.reproducible.ReproducibleBatchesMixin`):
+  step-derived prompt uids, sampled batches in dataloader order, ``rollout.do_sample=False`` honoured.
 
 With ``commeff.enable=false`` it is verl's sync trainer with the stock actor.
 """
@@ -37,6 +39,7 @@ from verl_commeff.clock import ticks_per_step
 import verl_commeff.config as commeff_config
 from verl_commeff.schedule import FireSchedule
 from verl_commeff.trainer.anchor_driver import AnchorDriver, tick_minibatches
+from verl_commeff.trainer.reproducible import ReproducibleBatchesMixin
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ class HostResourcePoolManager(ResourcePoolManager):
 
 
 @register_trainer("commeff")
-class CommEffTrainer(PPOTrainerSync):
+class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
     """verl's sync trainer with the comm-eff actor and the asynchronous anchor worker group."""
 
     def __init__(self, config):
