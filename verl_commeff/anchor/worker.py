@@ -17,6 +17,10 @@ actor rank r holds. One fire (:meth:`AnchorWorker.anchor_fire`), per rank:
    moved to orth(sketch) so the next sketch starts from the actor's new basis;
 6. return M̄ (this rank's shards, or packed sign bits) and the sketch (a colocated anchor
    offloads its model again first).
+
+The anchor's own state (M̄'s EMA and the codec's Q) is checkpointed by the trainer through
+:meth:`AnchorWorker.anchor_state_dict` / :meth:`AnchorWorker.anchor_load_state_dict`; a
+restarted anchor group takes the actor's newest Q with :meth:`AnchorWorker.anchor_adopt_basis`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from verl.single_controller.base.decorator import Dispatch, register
 from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
+from verl_commeff.anchor.fault_hook import maybe_inject_fault
 from verl_commeff.collectives import all_reduce_
 from verl_commeff.mergers.grad_layout import local_view
 from verl_commeff.workers.actor_state import AnchorResult, select_targets
@@ -92,6 +97,7 @@ class AnchorWorker(ActorRolloutRefWorker):
             raise RuntimeError("anchor_fire before anchor_setup")
         engine = self.actor.engine
         start = time.perf_counter()
+        maybe_inject_fault(fire_tick)  # test-only; a no-op unless its environment variable is set
 
         # Step 1: the generator weights of the replayed mini-batch.
         if state.offload:
@@ -117,7 +123,9 @@ class AnchorWorker(ActorRolloutRefWorker):
             engine.optimizer_zero_grad()
 
         # Step 5: the Q sketch at Q-refresh ticks; the anchor's own Q follows the actor's.
-        sketch = None
+        sketch, q_fingerprint = None, None
+        if state.codec is not None:
+            q_fingerprint = state.codec.live_basis.sum(dim=(1, 2))  # (B,) the Q this fire sketched against
         if state.codec is not None and state.schedule.q_refresh_at(fire_tick):
             sketch = state.codec.take_sketch()
             all_reduce_(sketch)
@@ -134,7 +142,47 @@ class AnchorWorker(ActorRolloutRefWorker):
         else:
             held = [m.detach().clone() for m in m_bar]
         return AnchorResult(fire_tick, source_tick, held, sketch, compute_s=time.perf_counter() - start,
-                            backwards=1)
+                            backwards=1, q_fingerprint=q_fingerprint, ema_updates=state.ema.updates)
+
+    # ---- state: checkpoints and restarts -----------------------------------------------
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def anchor_state_dict(self) -> dict[str, Any]:
+        """This rank's anchor state after every fire it has run: M̄'s EMA and the codec (host copies)."""
+        state = self._require_setup()
+        ema = state.ema.state_dict()
+        if ema["m_bar"] is not None:
+            ema["m_bar"] = [t.detach().cpu().clone() for t in ema["m_bar"]]
+        return {"ema": ema, "codec": None if state.codec is None else state.codec.state_dict()}
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def anchor_load_state_dict(self, states: list) -> None:
+        """Restore :meth:`anchor_state_dict` output; ``states[r]`` (or a Ray ObjectRef to it) is rank r's."""
+        state = self._require_setup()
+        mine = resolve(states[self.rank])
+        if (mine["codec"] is None) != (state.codec is None):
+            raise ValueError("anchor checkpoint and config disagree on whether the anchor runs a codec "
+                             "(commeff.codec.enable / q_source)")
+        ema = dict(mine["ema"])
+        if ema["m_bar"] is not None:
+            from verl.utils.device import get_device_name
+
+            ema["m_bar"] = [t.to(get_device_name()) for t in ema["m_bar"]]  # where the fires' gradients are
+        state.ema.load_state_dict(ema)
+        if state.codec is not None:
+            state.codec.load_state_dict(mine["codec"])
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def anchor_adopt_basis(self, bases: torch.Tensor) -> None:
+        """Make ``bases`` (B, H, r) the anchor codec's live Q (a restarted anchor takes the actor's newest Q)."""
+        state = self._require_setup()
+        if state.codec is not None:
+            state.codec.stage_basis(bases)
+            state.codec.activate_staged()
+
+    def _require_setup(self) -> "_AnchorState":
+        if self._anchor is None:
+            raise RuntimeError("anchor state used before anchor_setup")
+        return self._anchor
 
 
 class _AnchorState:
