@@ -13,11 +13,13 @@ has exactly one CPU (verl sets the device resource, here ``CPU``, to 1) and the 
 worker holds ``1/max_colocate_count`` of it, so the one-CPU lookup task can never be
 placed and the colocated group waited forever (issue 10, item 1). The lookup only binds
 a socket to find a free port, so it needs no reserved CPU on any platform.
+
+:func:`restart_anchor_group` replaces a failed group (``sync=free``, ``anchor.max_restarts``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -26,7 +28,7 @@ from verl.single_controller.ray.base import get_master_addr_port
 
 from verl_commeff.config import CommEffConfigError
 
-__all__ = ["AnchorWorkerGroup", "anchor_resource_pool", "build_anchor_group"]
+__all__ = ["AnchorWorkerGroup", "anchor_resource_pool", "build_anchor_group", "restart_anchor_group"]
 
 
 class AnchorWorkerGroup(RayWorkerGroup):
@@ -83,3 +85,29 @@ def build_anchor_group(pool: RayResourcePool, actor_config: Any, commeff_cfg: An
     wg.init_model()
     wg.anchor_setup(commeff_cfg, ticks_per_step)
     return wg
+
+
+def restart_anchor_group(old: RayWorkerGroup, rebuild: Callable[[], RayWorkerGroup], actor_wg: Any) -> RayWorkerGroup:
+    """Replace a failed anchor group with a fresh one that sketches against the actor's Q.
+
+    Steps:
+        1. Kill the old group's workers (the dead ones are gone; live ones give their
+           resources back).
+        2. Build the new group (``rebuild``: :func:`build_anchor_group` with a new name prefix).
+        3. Make the actor's newest Q the new anchor's live Q (``q_source=anchor``: the next
+           sketch must start from the basis the actor holds, not the bootstrap one). Its M̄
+           EMA starts empty: the first fire after the restart sets M̄ = M.
+
+    Returns:
+        The new group; the caller resubmits the pending fires to it.
+    """
+    # Step 1: the old workers go.
+    for worker in old.workers:
+        ray.kill(worker, no_restart=True)
+    # Step 2: a new group.
+    new = rebuild()
+    # Step 3: the actor's newest Q.
+    bases = actor_wg.commeff_newest_basis()[0]
+    if bases is not None:
+        new.anchor_adopt_basis(bases)
+    return new

@@ -33,7 +33,7 @@ from verl_commeff.clock import ticks_per_step
 from verl_commeff.config import CommEffConfigError, to_commeff_config
 from verl_commeff.schedule import FireSchedule
 from verl_commeff.trainer.anchor_driver import AnchorDriver, tick_minibatches
-from verl_commeff.trainer.anchor_group import anchor_resource_pool, build_anchor_group
+from verl_commeff.trainer.anchor_group import anchor_resource_pool, build_anchor_group, restart_anchor_group
 
 logger = logging.getLogger(__name__)
 
@@ -155,16 +155,13 @@ class CommEffTrainer(PPOTrainerSync):
         self._anchor_restarts += 1
         logger.warning("commeff: anchor fires failed (%g so far): restarting the anchor group (%d of %d)",
                        failed, self._anchor_restarts, limit)
-        for worker in self.anchor_wg.workers:
-            ray.kill(worker, no_restart=True)
+        prefix = f"commeff_anchor_r{self._anchor_restarts}"
         try:
-            self.anchor_wg = self._build_anchor_group(name_prefix=f"commeff_anchor_r{self._anchor_restarts}")
+            self.anchor_wg = restart_anchor_group(self.anchor_wg, lambda: self._build_anchor_group(prefix),
+                                                  self.actor_rollout_wg)
         except Exception:
             logger.exception("commeff: the anchor group could not be restarted; the actor continues on the held M̄")
             return
-        bases = self.actor_rollout_wg.commeff_newest_basis()[0]
-        if bases is not None:
-            self.anchor_wg.anchor_adopt_basis(bases)  # the new anchor sketches against the actor's Q
         self.anchor_driver.resubmit_pending()
         metrics["commeff/anchor/restarts"] = float(self._anchor_restarts)
 
