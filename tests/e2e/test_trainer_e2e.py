@@ -2,7 +2,8 @@
 
 Runs the recipe the way a user does (``recipes/gsm8k_grpo_commeff.sh`` in its cpu_tiny
 preset, a few steps), then reads the metrics verl's file logger wrote. A second case runs
-the drop-in form: verl's own ``main_ppo`` with the documented overrides.
+the drop-in form: verl's own ``main_ppo`` with the documented overrides; a third the anchor
+colocated with the actor (the GPU preset's default); a fourth stops and resumes.
 Each run costs about two minutes on 2 cores (Ray, TransferQueue and worker start-up).
 """
 
@@ -28,8 +29,10 @@ EXPECTED = {
     "commeff/merger/cold_ticks", "commeff/merger/merged_ticks", "commeff/merger/delta_ratio",
     "commeff/codec/recon_err/layer_1", "commeff/codec/q_cond/layer_1", "commeff/codec/q_updates",
     "commeff/bytes/codec_sent", "commeff/bytes/codec_dense", "commeff/bytes/q_bcast_sent",
-    "commeff/bytes/anchor_sent", "commeff/bytes/ratio",
+    "commeff/bytes/anchor_sent", "commeff/bytes/ratio", "commeff/anchor/q_gap", "commeff/anchor/ema_updates",
+    "commeff/anchor/failed_fires", "commeff/anchor/restarts",
 }
+Q_GAP_TOL = 1e-4  # anchor and actor compute the same orth(sketch): equal up to float rounding (a wrong Q: ~1)
 
 
 def _env(tmp_path, exp):
@@ -65,6 +68,7 @@ def _check_commeff_run(records):
     assert last["commeff/anchor/fires"] == sum(len(schedule.fires_sourced_in_step(s)) for s in range(1, STEPS + 1))
     fire_steps = [s for s in train_steps if "commeff/anchor/age" in records[s]]
     assert all(records[s]["commeff/anchor/age"] == K for s in fire_steps[1:])  # strict: staleness exactly K
+    _check_anchor_state(records)
 
     # the merger changed the gradients on merged ticks
     assert last["commeff/merger/merged_ticks"] == ticks - (CADENCE - 1)
@@ -89,6 +93,18 @@ def _check_commeff_run(records):
                 assert math.isfinite(value), (step, key, value)
 
 
+def _check_anchor_state(records):
+    """Every fire sketched against the actor's own Q, folded into one continuing EMA, and none failed."""
+    schedule = FireSchedule(K, CADENCE, TICKS_PER_STEP)
+    for step, data in records.items():
+        if "commeff/anchor/q_gap" not in data:
+            continue
+        tick = step * TICKS_PER_STEP
+        assert data["commeff/anchor/q_gap"] < Q_GAP_TOL, (step, data["commeff/anchor/q_gap"])
+        assert data["commeff/anchor/ema_updates"] == schedule.fires_through(tick)
+        assert data["commeff/anchor/failed_fires"] == 0 and data["commeff/anchor/restarts"] == 0
+
+
 def test_recipe_end_to_end(tmp_path):
     _run(["bash", "recipes/gsm8k_grpo_commeff.sh", "trainer.default_local_dir=" + str(tmp_path / "ckpt")],
          _env(tmp_path, "recipe"), tmp_path, "recipe")
@@ -107,6 +123,22 @@ def test_drop_in_on_verls_main_ppo(tmp_path):
     _run([sys.executable, "-m", "verl.trainer.main_ppo", *overrides, "trainer.v1.trainer_mode=commeff",
           "trainer.default_local_dir=" + str(tmp_path / "ckpt")], env, tmp_path, "dropin")
     _check_commeff_run(_records(tmp_path, "dropin"))
+
+
+def test_colocated_anchor_end_to_end(tmp_path):
+    """placement=colocated (the GPU preset's default) runs on CPU: the anchor shares the actor's bundles."""
+    env = {**_env(tmp_path, "colocated"), "STEPS": "3", "TEST_FREQ": "-1", "PLACEMENT": "colocated"}
+    _run(["bash", "recipes/gsm8k_grpo_commeff.sh", "trainer.val_before_train=False",
+          "trainer.default_local_dir=" + str(tmp_path / "ckpt")], env, tmp_path, "colocated")
+    records = _records(tmp_path, "colocated")
+    assert sorted(records) == [1, 2, 3]
+    schedule = FireSchedule(K, CADENCE, TICKS_PER_STEP)
+    for step, data in records.items():
+        tick = step * TICKS_PER_STEP
+        assert data["commeff/anchor/fires_used"] == data["commeff/anchor/backwards"] == schedule.fires_through(tick)
+        if step > 1:
+            assert data["commeff/anchor/age"] == K
+    _check_anchor_state(records)
 
 
 def test_resume_continues_clock_anchor_and_q_exactly(tmp_path):
@@ -134,3 +166,6 @@ def test_resume_continues_clock_anchor_and_q_exactly(tmp_path):
         assert data["commeff/codec/q_updates"] == schedule.q_refreshes_through((step - 1) * TICKS_PER_STEP)
         if step > 1:
             assert data["commeff/anchor/age"] == K
+    # the anchor's side resumed too: its EMA continues (update count) and it sketches against the actor's
+    # restored Q (q_gap), not a fresh EMA and the bootstrap Q
+    _check_anchor_state({**before, **after})
