@@ -148,11 +148,21 @@ class AnchorWorker(ActorRolloutRefWorker):
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def anchor_state_dict(self) -> dict[str, Any]:
         """This rank's anchor state after every fire it has run: M̄'s EMA and the codec (host copies)."""
+        from torch.utils._pytree import tree_map_only
+
         state = self._require_setup()
-        ema = state.ema.state_dict()
-        if ema["m_bar"] is not None:
-            ema["m_bar"] = [t.detach().cpu().clone() for t in ema["m_bar"]]
-        return {"ema": ema, "codec": None if state.codec is None else state.codec.state_dict()}
+        out = {"ema": state.ema.state_dict(), "codec": None if state.codec is None else state.codec.state_dict()}
+        # host copies: the trainer's process that saves them may have no device
+        return tree_map_only(torch.Tensor, lambda t: t.detach().to("cpu", copy=True), out)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def anchor_result_to_host(self, results: list) -> AnchorResult:
+        """Host copy of this rank's result of a fire (``results[r]``: a Ray ObjectRef), for a checkpoint.
+
+        Queued after the fires submitted before it (the anchor runs its calls in order), so it
+        also waits for that fire.
+        """
+        return resolve(results[self.rank]).to("cpu")
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def anchor_load_state_dict(self, states: list) -> None:

@@ -225,12 +225,13 @@ class CommEffTrainer(PPOTrainerSync):
         The anchor runs its fires in order, so after the pending fires' results are in, its
         M̄ EMA and codec Q are the state the next fire of an uninterrupted run would start
         from; the results themselves are saved so the resumed run consumes them as they are.
-        A fire that failed is left out (resubmitted on resume, from the saved state).
+        If a pending fire failed or the anchor is dead, no anchor state is saved (a warning
+        says so): a resume then reruns the pending fires on a fresh anchor.
         """
         results, states = {}, None
         try:
             for fire, futures in sorted(self.anchor_driver.pending_futures().items()):
-                results[fire] = ray.get(list(futures))
+                results[fire] = self.anchor_wg.anchor_result_to_host(list(futures))  # host copies, per rank
             states = self.anchor_wg.anchor_state_dict()
         except ray.exceptions.RayError as error:
             logger.warning("commeff: the anchor's state is not in this checkpoint (%s: %s); a resume reruns "

@@ -15,6 +15,7 @@ engine mixin (:mod:`verl_commeff.workers.engine`) calls it at four points:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -78,6 +79,19 @@ class AnchorResult:
     backwards: int = 0
     q_fingerprint: Optional[torch.Tensor] = None
     ema_updates: int = 0
+
+    def to(self, device: torch.device | str) -> "AnchorResult":
+        """This result with its tensors on ``device`` (a checkpoint holds host copies)."""
+        from verl_commeff.mergers.sign_bits import PackedSigns
+
+        if isinstance(self.m_bar, PackedSigns):
+            m_bar = PackedSigns([b.to(device) for b in self.m_bar.bits], self.m_bar.shapes)
+        else:
+            m_bar = [m.to(device) for m in self.m_bar]
+        def move(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if t is None else t.to(device)
+
+        return dataclasses.replace(self, m_bar=m_bar, sketch=move(self.sketch), q_fingerprint=move(self.q_fingerprint))
 
     def wire_bytes(self) -> int:
         """Bytes this result carries to one actor rank (M̄ shards or sign bits, and the sketch)."""

@@ -107,8 +107,11 @@ class RayPendingResult:
                 ready, _ = ray.wait([self._ref], timeout=timeout)
                 if not ready:
                     return None
-            return ray.get(self._ref)
+            result = ray.get(self._ref)
         except ray.exceptions.RayError as error:
             cause = "its worker died" if isinstance(error, ray.exceptions.RayActorError) else "the fire raised"
             raise AnchorFailure(self.fire_tick, self.anchor_rank, f"{cause} ({type(error).__name__}: "
                                 f"{str(error).strip().splitlines()[0] if str(error).strip() else ''})") from error
+        from verl.utils.device import get_device_name
+
+        return result.to(get_device_name())  # no-op for a fresh result; a resumed run's saved ones are on the host
