@@ -3,7 +3,8 @@
 Runs the recipe the way a user does (``recipes/gsm8k_grpo_commeff.sh`` in its cpu_tiny
 preset, a few steps), then reads the metrics verl's file logger wrote. A second case runs
 the drop-in form: verl's own ``main_ppo`` with the documented overrides; a third the anchor
-colocated with the actor (the GPU preset's default); a fourth stops and resumes.
+colocated with the actor (the GPU preset's default); a fourth loses its anchor mid-run
+(``sync=free``); a fifth stops and resumes.
 Each run costs about two minutes on 2 cores (Ray, TransferQueue and worker start-up).
 """
 
@@ -139,6 +140,25 @@ def test_colocated_anchor_end_to_end(tmp_path):
         if step > 1:
             assert data["commeff/anchor/age"] == K
     _check_anchor_state(records)
+
+
+def test_free_sync_survives_a_dead_anchor_and_restarts_it(tmp_path):
+    """sync=free: the anchor process exits at fire 6 (test-only fault hook); the run goes on to the end,
+    counts the failed fire, rebuilds the anchor group once, and the new group delivers fires again."""
+    env = {**_env(tmp_path, "dead_anchor"), "STEPS": "5", "TEST_FREQ": "-1", "SYNC": "free",
+           "COMMEFF_TEST_ANCHOR_FAULT": "exit@6", "COMMEFF_TEST_ANCHOR_FAULT_GROUP": "commeff_anchor"}
+    _run(["bash", "recipes/gsm8k_grpo_commeff.sh", "trainer.val_before_train=False",
+          "trainer.default_local_dir=" + str(tmp_path / "ckpt")], env, tmp_path, "dead_anchor")
+    records = _records(tmp_path, "dead_anchor")
+    assert sorted(records) == [1, 2, 3, 4, 5]  # the run went on (it used to end in Ray's ActorDiedError)
+    failed = [s for s in records if records[s]["commeff/anchor/failed_fires"] > 0]
+    first = min(failed)
+    assert records[first]["commeff/anchor/restarts"] == 1 and records[5]["commeff/anchor/restarts"] == 1
+    assert records[first - 1]["commeff/anchor/failed_fires"] == 0
+    # the restarted group ran fires and the actor used them: a new EMA, on the actor's Q
+    assert records[5]["commeff/anchor/backwards"] > records[first]["commeff/anchor/backwards"]
+    assert records[5]["commeff/anchor/ema_updates"] < FireSchedule(K, CADENCE, TICKS_PER_STEP).fires_through(10)
+    assert all(records[s]["commeff/anchor/q_gap"] < Q_GAP_TOL for s in records if "commeff/anchor/q_gap" in records[s])
 
 
 def test_resume_continues_clock_anchor_and_q_exactly(tmp_path):

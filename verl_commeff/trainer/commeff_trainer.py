@@ -88,6 +88,8 @@ class CommEffTrainer(PPOTrainerSync):
         self._anchor_resume = None  # the anchor's state and drained results, likewise
         self._anchor_failed_seen = 0.0  # commeff/anchor/failed_fires as of the last restart check
         self._anchor_restarts = 0
+        self._anchor_pool = None
+        self._anchor_gave_up = False
 
     # ---- workers and pools -------------------------------------------------------------
     def _init_resource_pool_mgr(self):
@@ -126,10 +128,12 @@ class CommEffTrainer(PPOTrainerSync):
                 self.anchor_driver.resubmit_pending(self._restore_anchor(self._anchor_resume))
 
     def _build_anchor_group(self, name_prefix: str = "commeff_anchor") -> RayWorkerGroup:
-        role = next(r for r in ACTOR_ROLES if r in self.role_worker_mapping)
-        pool = anchor_resource_pool(self.commeff_cfg.anchor, self.resource_pool_manager.get_resource_pool(role),
-                                    self.actor_rollout_wg.world_size)
-        return build_anchor_group(pool, self.config.actor_rollout_ref, self.commeff_cfg,
+        if self._anchor_pool is None:  # a restarted group reuses the pool: its bundles are free again
+            role = next(r for r in ACTOR_ROLES if r in self.role_worker_mapping)
+            self._anchor_pool = anchor_resource_pool(
+                self.commeff_cfg.anchor, self.resource_pool_manager.get_resource_pool(role),
+                self.actor_rollout_wg.world_size)
+        return build_anchor_group(self._anchor_pool, self.config.actor_rollout_ref, self.commeff_cfg,
                                   self.commeff_ticks_per_step, self.config.trainer.device, name_prefix)
 
     def _restore_anchor(self, saved) -> dict:
@@ -148,9 +152,11 @@ class CommEffTrainer(PPOTrainerSync):
         self._anchor_failed_seen = failed
         limit = self.commeff_cfg.anchor.max_restarts
         if self.commeff_cfg.anchor.sync != "free" or self._anchor_restarts >= limit:
-            logger.warning("commeff: anchor fires failed (%g so far); not restarting the anchor group "
-                           "(%d of commeff.anchor.max_restarts=%d used): the actor continues on the held M̄",
-                           failed, self._anchor_restarts, limit)
+            if not self._anchor_gave_up:  # once: afterwards commeff/anchor/failed_fires counts on
+                logger.warning("commeff: anchor fires failed (%g so far); not restarting the anchor group "
+                               "(%d of commeff.anchor.max_restarts=%d used): the actor continues on the held M̄",
+                               failed, self._anchor_restarts, limit)
+            self._anchor_gave_up = True
             return
         self._anchor_restarts += 1
         logger.warning("commeff: anchor fires failed (%g so far): restarting the anchor group (%d of %d)",
