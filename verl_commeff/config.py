@@ -127,6 +127,12 @@ class AnchorConfig(BaseConfig):
             (default: q/k/v/o/gate/up/down projections of every decoder layer).
         n_gpus_per_node: devices per node of the anchor's own pool (``placement=separate``).
         nnodes: nodes of the anchor's own pool (``placement=separate``).
+        wait_timeout_s: ``sync=strict``: seconds an actor rank waits for a fire's result
+            before it fails with an error naming the fire and the anchor rank; > 0.
+        wait_log_s: ``sync=strict``: while waiting, log a line every this many seconds; > 0.
+        max_restarts: ``sync=free``: times the trainer rebuilds a failed anchor group in a
+            run (the actor meanwhile continues on the held M̄); 0 = never. ``sync=strict``
+            never restarts: a failed fire stops the run.
     """
 
     enable: bool = True
@@ -139,6 +145,9 @@ class AnchorConfig(BaseConfig):
     targets: tuple[str, ...] = DEFAULT_TARGETS
     n_gpus_per_node: int = 1
     nnodes: int = 1
+    wait_timeout_s: float = 1800.0
+    wait_log_s: float = 60.0
+    max_restarts: int = 1
 
     def __post_init__(self):
         _check_int("commeff.anchor.delay_k", self.delay_k, 0)
@@ -154,6 +163,9 @@ class AnchorConfig(BaseConfig):
         object.__setattr__(self, "targets", tuple(self.targets))
         _check_int("commeff.anchor.n_gpus_per_node", self.n_gpus_per_node, 1)
         _check_int("commeff.anchor.nnodes", self.nnodes, 1)
+        _check_float("commeff.anchor.wait_timeout_s", self.wait_timeout_s, 0.0, float("inf"), lo_open=True)
+        _check_float("commeff.anchor.wait_log_s", self.wait_log_s, 0.0, float("inf"), lo_open=True)
+        _check_int("commeff.anchor.max_restarts", self.max_restarts, 0)
 
 
 @dataclass

@@ -3,7 +3,9 @@
 Runs the recipe the way a user does (``recipes/gsm8k_grpo_commeff.sh`` in its cpu_tiny
 preset), then reads the metrics verl's file logger wrote (the run is the session's
 ``commeff_run``, which the learning test reads too). A second case runs the drop-in form:
-verl's own ``main_ppo`` with the documented overrides. Stop and resume: test_reproducible_e2e.py.
+verl's own ``main_ppo`` with the documented overrides, with the anchor colocated with the
+actor (the GPU preset's default); a third loses its anchor mid-run (``sync=free``). Stop and
+resume: test_reproducible_e2e.py.
 Each run costs about two minutes on 2 cores (Ray, TransferQueue and worker start-up).
 """
 
@@ -13,7 +15,8 @@ import subprocess
 import sys
 
 from tests.e2e.conftest import CADENCE, K, STEPS, TEST_FREQ, TICKS_PER_STEP
-from tests.e2e.harness import records, recipe_env, run
+from tests.e2e.harness import ROOT, recipe_env, run
+from tests.e2e.harness import records as read_records
 from verl_commeff.schedule import FireSchedule
 
 BACKWARDS_PER_FIRE = 2  # cpu_tiny: a mini-batch of 8 prompts × n=8 = 64 samples in micro-batches of 32
@@ -25,8 +28,10 @@ EXPECTED = {
     "commeff/merger/cold_ticks", "commeff/merger/merged_ticks", "commeff/merger/delta_ratio",
     "commeff/codec/recon_err/layer_1", "commeff/codec/q_cond/layer_1", "commeff/codec/q_updates",
     "commeff/bytes/codec_sent", "commeff/bytes/codec_dense", "commeff/bytes/q_bcast_sent",
-    "commeff/bytes/anchor_sent", "commeff/bytes/ratio",
+    "commeff/bytes/anchor_sent", "commeff/bytes/ratio", "commeff/anchor/q_gap", "commeff/anchor/ema_updates",
+    "commeff/anchor/failed_fires", "commeff/anchor/restarts",
 }
+Q_GAP_TOL = 1e-4  # anchor and actor compute the same orth(sketch): equal up to float rounding (a wrong Q: ~1)
 
 
 def _check_commeff_run(records, steps=STEPS, test_freq=TEST_FREQ):
@@ -43,6 +48,7 @@ def _check_commeff_run(records, steps=STEPS, test_freq=TEST_FREQ):
     assert last["commeff/anchor/fires"] == sum(len(schedule.fires_sourced_in_step(s)) for s in range(1, steps + 1))
     fire_steps = [s for s in train_steps if "commeff/anchor/age" in records[s]]
     assert all(records[s]["commeff/anchor/age"] == K for s in fire_steps[1:])  # strict: staleness exactly K
+    _check_anchor_state(records)
 
     # the merger changed the gradients on merged ticks
     assert last["commeff/merger/merged_ticks"] == ticks - (CADENCE - 1)
@@ -67,13 +73,27 @@ def _check_commeff_run(records, steps=STEPS, test_freq=TEST_FREQ):
                 assert math.isfinite(value), (step, key, value)
 
 
+def _check_anchor_state(records):
+    """Every fire sketched against the actor's own Q, folded into one continuing EMA, and none failed."""
+    schedule = FireSchedule(K, CADENCE, TICKS_PER_STEP)
+    for step, data in records.items():
+        if "commeff/anchor/q_gap" not in data:
+            continue
+        tick = step * TICKS_PER_STEP
+        assert data["commeff/anchor/q_gap"] < Q_GAP_TOL, (step, data["commeff/anchor/q_gap"])
+        assert data["commeff/anchor/ema_updates"] == schedule.fires_through(tick)
+        assert data["commeff/anchor/failed_fires"] == 0 and data["commeff/anchor/restarts"] == 0
+
+
 def test_recipe_end_to_end(commeff_run):
     _check_commeff_run(commeff_run)
+    _check_anchor_state(commeff_run)
 
 
 def test_drop_in_on_verls_main_ppo(tmp_path, learnable_preset):
     """The same run through `python -m verl.trainer.main_ppo` + trainer_mode=commeff + `+commeff.*` overrides."""
-    env = recipe_env(tmp_path, learnable_preset, "dropin", STEPS=4, TEST_FREQ=2, K=K, CADENCE=CADENCE)
+    env = recipe_env(tmp_path, learnable_preset, "dropin", STEPS=4, TEST_FREQ=2, K=K, CADENCE=CADENCE,
+                     PLACEMENT="colocated")  # the anchor shares the actor's bundles (it used to hang on CPU)
     dry = subprocess.run(["bash", "recipes/gsm8k_grpo_commeff.sh"], cwd=ROOT, env={**env, "DRY_RUN": "1"},
                          capture_output=True, text=True, check=True).stdout
     args = shlex.split(next(line for line in dry.splitlines() if "verl_commeff.main" in line))
@@ -81,4 +101,25 @@ def test_drop_in_on_verls_main_ppo(tmp_path, learnable_preset):
     overrides = [("+" + o if o.startswith("commeff.") else o) for o in overrides]
     run([sys.executable, "-m", "verl.trainer.main_ppo", *overrides, "trainer.v1.trainer_mode=commeff",
          "trainer.default_local_dir=" + str(tmp_path / "ckpt")], env, tmp_path, "dropin")
-    _check_commeff_run(records(tmp_path, "dropin"), steps=4, test_freq=2)
+    dropin = read_records(tmp_path, "dropin")
+    _check_commeff_run(dropin, steps=4, test_freq=2)
+    _check_anchor_state(dropin)
+
+
+def test_free_sync_survives_a_dead_anchor_and_restarts_it(tmp_path, learnable_preset):
+    """sync=free: the anchor process exits at fire 6 (test-only fault hook); the run goes on to the end,
+    counts the failed fire, rebuilds the anchor group once, and the new group delivers fires again."""
+    env = recipe_env(tmp_path, learnable_preset, "dead_anchor", STEPS=5, TEST_FREQ=-1, K=K, CADENCE=CADENCE, SYNC="free",
+                     COMMEFF_TEST_ANCHOR_FAULT="exit@6", COMMEFF_TEST_ANCHOR_FAULT_GROUP="commeff_anchor")
+    run(["bash", "recipes/gsm8k_grpo_commeff.sh", "trainer.val_before_train=False",
+          "trainer.default_local_dir=" + str(tmp_path / "ckpt")], env, tmp_path, "dead_anchor")
+    records = read_records(tmp_path, "dead_anchor")
+    assert sorted(records) == [1, 2, 3, 4, 5]  # the run went on (it used to end in Ray's ActorDiedError)
+    failed = [s for s in records if records[s]["commeff/anchor/failed_fires"] > 0]
+    first = min(failed)
+    assert records[first]["commeff/anchor/restarts"] == 1 and records[5]["commeff/anchor/restarts"] == 1
+    assert records[first - 1]["commeff/anchor/failed_fires"] == 0
+    # the restarted group ran fires and the actor used them: a new EMA, on the actor's Q
+    assert records[5]["commeff/anchor/backwards"] > records[first]["commeff/anchor/backwards"]
+    assert records[5]["commeff/anchor/ema_updates"] < FireSchedule(K, CADENCE, TICKS_PER_STEP).fires_through(10)
+    assert all(records[s]["commeff/anchor/q_gap"] < Q_GAP_TOL for s in records if "commeff/anchor/q_gap" in records[s])

@@ -206,3 +206,24 @@ def test_rejected_fire_keeps_the_held_m_bar_and_q_and_is_counted(caplog):
     assert metrics["commeff/anchor/rejected_fires"] == 1 and metrics["commeff/anchor/fires_used"] == 1
     assert metrics["commeff/anchor/backwards"] == 1
     assert any("rejected fire 2" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_anchor_result_to_device_keeps_every_field(packed):
+    """A checkpoint holds host copies of pending results; AnchorResult.to moves all of its tensors."""
+    from verl_commeff.mergers.sign_bits import pack_signs, unpack_signs
+
+    m_bar = [torch.randn(3, 5), torch.randn(7)]
+    held = pack_signs(m_bar) if packed else m_bar
+    result = AnchorResult(4, 2, held, sketch=torch.randn(2, 8, 3), compute_s=1.5, backwards=1,
+                          q_fingerprint=torch.randn(2), ema_updates=3)
+    moved = result.to("meta")
+    tensors = (moved.m_bar.bits if packed else moved.m_bar) + [moved.sketch, moved.q_fingerprint]
+    assert all(t.device.type == "meta" for t in tensors)
+    back = result.to("cpu")  # a copy on the same device: nothing lost
+    assert (back.fire_tick, back.source_tick, back.compute_s, back.backwards, back.ema_updates) == (4, 2, 1.5, 1, 3)
+    if packed:
+        assert all(torch.equal(a, b) for a, b in zip(unpack_signs(back.m_bar), unpack_signs(held)))
+    else:
+        assert all(torch.equal(a, b) for a, b in zip(back.m_bar, m_bar))
+    assert torch.equal(back.sketch, result.sketch) and torch.equal(back.q_fingerprint, result.q_fingerprint)

@@ -21,6 +21,10 @@ actor rank r holds. One fire (:meth:`AnchorWorker.anchor_fire`), per rank:
    what it sends (one all-gather of 3 numbers per rank; the actor's cross-rank check
    compares its held shard against it) and the sketch (a colocated anchor offloads its
    model again first); a rejected fire returns neither.
+
+The anchor's own state (M̄'s EMA and the codec's Q) is checkpointed by the trainer through
+:meth:`AnchorWorker.anchor_state_dict` / :meth:`AnchorWorker.anchor_load_state_dict`; a
+restarted anchor group takes the actor's newest Q with :meth:`AnchorWorker.anchor_adopt_basis`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from verl.single_controller.base.decorator import Dispatch, register
 from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
+from verl_commeff.anchor.fault_hook import maybe_inject_fault
 from verl_commeff.collectives import all_reduce_, fingerprint, gather_rows
 from verl_commeff.mergers.grad_layout import local_view
 from verl_commeff.workers.actor_state import AnchorResult, select_targets
@@ -96,6 +101,7 @@ class AnchorWorker(ActorRolloutRefWorker):
             raise RuntimeError("anchor_fire before anchor_setup")
         engine = self.actor.engine
         start = time.perf_counter()
+        maybe_inject_fault(fire_tick)  # test-only; a no-op unless its environment variable is set
 
         # Step 1: the generator weights of the replayed mini-batch.
         if state.offload:
@@ -118,7 +124,9 @@ class AnchorWorker(ActorRolloutRefWorker):
             grads = [_local(p) for _, p in state.targets]
 
             # Step 4: the Q sketch at Q-refresh ticks (summed over the anchor's ranks).
-            sketch = None
+            sketch, q_fingerprint = None, None
+            if state.codec is not None:
+                q_fingerprint = state.codec.live_basis.sum(dim=(1, 2))  # (B,) the Q this fire sketched against
             if state.codec is not None and state.schedule.q_refresh_at(fire_tick):
                 sketch = state.codec.take_sketch()
                 all_reduce_(sketch)
@@ -148,7 +156,58 @@ class AnchorWorker(ActorRolloutRefWorker):
         # every anchor rank's fingerprint of what it sends (the actor's cross-rank check compares against it)
         fingerprints = gather_rows(fingerprint(sent)).cpu()  # (anchor world, 3)
         return AnchorResult(fire_tick, source_tick, held, sketch, compute_s=time.perf_counter() - start,
-                            backwards=loss_fn.backwards, fingerprints=fingerprints)
+                            backwards=loss_fn.backwards, fingerprints=fingerprints, q_fingerprint=q_fingerprint,
+                            ema_updates=state.ema.updates)
+
+    # ---- state: checkpoints and restarts -----------------------------------------------
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def anchor_state_dict(self) -> dict[str, Any]:
+        """This rank's anchor state after every fire it has run: M̄'s EMA and the codec (host copies)."""
+        from torch.utils._pytree import tree_map_only
+
+        state = self._require_setup()
+        out = {"ema": state.ema.state_dict(), "codec": None if state.codec is None else state.codec.state_dict()}
+        # host copies: the trainer's process that saves them may have no device
+        return tree_map_only(torch.Tensor, lambda t: t.detach().to("cpu", copy=True), out)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def anchor_result_to_host(self, results: list) -> AnchorResult:
+        """Host copy of this rank's result of a fire (``results[r]``: a Ray ObjectRef), for a checkpoint.
+
+        Queued after the fires submitted before it (the anchor runs its calls in order), so it
+        also waits for that fire.
+        """
+        return resolve(results[self.rank]).to("cpu")
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def anchor_load_state_dict(self, states: list) -> None:
+        """Restore :meth:`anchor_state_dict` output; ``states[r]`` (or a Ray ObjectRef to it) is rank r's."""
+        state = self._require_setup()
+        mine = resolve(states[self.rank])
+        if (mine["codec"] is None) != (state.codec is None):
+            raise ValueError("anchor checkpoint and config disagree on whether the anchor runs a codec "
+                             "(commeff.codec.enable / q_source)")
+        ema = dict(mine["ema"])
+        if ema["m_bar"] is not None:
+            from verl.utils.device import get_device_name
+
+            ema["m_bar"] = [t.to(get_device_name()) for t in ema["m_bar"]]  # where the fires' gradients are
+        state.ema.load_state_dict(ema)
+        if state.codec is not None:
+            state.codec.load_state_dict(mine["codec"])
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def anchor_adopt_basis(self, bases: torch.Tensor) -> None:
+        """Make ``bases`` (B, H, r) the anchor codec's live Q (a restarted anchor takes the actor's newest Q)."""
+        state = self._require_setup()
+        if state.codec is not None:
+            state.codec.stage_basis(bases)
+            state.codec.activate_staged()
+
+    def _require_setup(self) -> "_AnchorState":
+        if self._anchor is None:
+            raise RuntimeError("anchor state used before anchor_setup")
+        return self._anchor
 
 
 class _CountedLoss:

@@ -18,7 +18,7 @@ and after the update it releases the fires the actor has consumed.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from verl_commeff.replay_ring import ReplayRing
 from verl_commeff.schedule import FireSchedule
@@ -84,6 +84,7 @@ class AnchorDriver:
         self.fires_submitted = 0
         self.snapshots_taken = 0
         self._submit_s = 0.0
+        self._futures: dict[int, Sequence[Any]] = {}  # fire tick -> futures, until the actor has taken it
 
     def _snapshot(self) -> Any:
         self.snapshots_taken += 1
@@ -100,6 +101,7 @@ class AnchorDriver:
         for job in jobs:
             futures = self._submit(job.fire_tick, job.source_tick, job.batch, job.snapshot)
             self._offer(job.fire_tick, futures)
+            self._futures[job.fire_tick] = futures
             self.fires_submitted += 1
         self._submit_s += time.perf_counter() - start
         return [job.fire_tick for job in jobs]
@@ -108,11 +110,32 @@ class AnchorDriver:
         """The actor has taken every fire up to ``last_tick``: release their ring entries."""
         for fire in [job.fire_tick for job in self.ring.pending_jobs() if job.fire_tick <= last_tick]:
             self.ring.release(fire)
+            self._futures.pop(fire, None)
 
-    def resubmit_pending(self) -> None:
-        """After a resume: submit every pending fire again (their results were lost with the old run)."""
+    def pending_futures(self) -> dict[int, Sequence[Any]]:
+        """The futures of every submitted fire the actor has not taken yet, by fire tick."""
+        return dict(self._futures)
+
+    def resubmit_pending(self, ready: Optional[dict[int, Sequence[Any]]] = None) -> list[int]:
+        """Hand every pending fire to the actor again: its result from ``ready`` if there, else resubmitted.
+
+        After a resume, ``ready`` holds the results drained into the checkpoint (the anchor's
+        state was saved after computing them); after an anchor restart it is empty and the
+        pending fires run again on the new group.
+
+        Returns:
+            The fire ticks submitted again.
+        """
+        ready = ready or {}
+        resubmitted = []
         for job in self.ring.pending_jobs():
-            self._offer(job.fire_tick, self._submit(job.fire_tick, job.source_tick, job.batch, job.snapshot))
+            futures = ready.get(job.fire_tick)
+            if futures is None:
+                futures = self._submit(job.fire_tick, job.source_tick, job.batch, job.snapshot)
+                resubmitted.append(job.fire_tick)
+            self._offer(job.fire_tick, futures)
+            self._futures[job.fire_tick] = futures
+        return resubmitted
 
     def metrics(self) -> dict[str, float]:
         """Driver-side ``commeff/anchor/*`` metrics of this step."""

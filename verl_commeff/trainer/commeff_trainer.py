@@ -27,7 +27,7 @@ import os
 
 import ray
 import torch
-from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
+from verl.single_controller.ray import RayWorkerGroup
 from verl.single_controller.ray.base import ResourcePoolManager
 from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1.trainer_base import register_trainer
@@ -40,6 +40,7 @@ import verl_commeff.config as commeff_config
 from verl_commeff.schedule import FireSchedule
 from verl_commeff.trainer.anchor_driver import AnchorDriver, tick_minibatches
 from verl_commeff.trainer.reproducible import ReproducibleBatchesMixin
+from verl_commeff.trainer.anchor_group import anchor_resource_pool, build_anchor_group, restart_anchor_group
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,11 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
         self.anchor_driver = None
         self._commeff_step = 0
         self._commeff_resume = None  # driver state read by _load_checkpoint, applied once the driver exists
+        self._anchor_resume = None  # the anchor's state and drained results, likewise
+        self._anchor_failed_seen = 0.0  # commeff/anchor/failed_fires as of the last restart check
+        self._anchor_restarts = 0
+        self._anchor_pool = None
+        self._anchor_gave_up = False
 
     # ---- workers and pools -------------------------------------------------------------
     def _init_resource_pool_mgr(self):
@@ -128,7 +134,7 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
             self.anchor_driver = AnchorDriver(
                 self.commeff_schedule,
                 take_snapshot=self.actor_rollout_wg.commeff_snapshot,
-                submit=self.anchor_wg.anchor_fire,
+                submit=lambda *job: self.anchor_wg.anchor_fire(*job),  # the group of the moment (restarts)
                 offer=self.actor_rollout_wg.commeff_offer,
             )
             if self._commeff_resume is not None:
@@ -136,34 +142,51 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
                 driver["ring"]["snapshots"] = {s: [ray.put(t) for t in shards]
                                                for s, shards in driver["ring"]["snapshots"].items()}
                 self.anchor_driver.load_state_dict(driver)
-                self.anchor_driver.resubmit_pending()
+                self.anchor_driver.resubmit_pending(self._restore_anchor(self._anchor_resume))
 
-    def _build_anchor_group(self) -> RayWorkerGroup:
-        from verl_commeff.anchor.worker import AnchorWorker
-
-        anchor, trainer = self.commeff_cfg.anchor, self.config.trainer
-        actor_world = self.actor_rollout_wg.world_size
-        if anchor.placement == "separate":
-            if anchor.n_gpus_per_node * anchor.nnodes != actor_world:
-                raise commeff_config.CommEffConfigError(
-                    f"commeff.anchor.n_gpus_per_node × nnodes = {anchor.n_gpus_per_node * anchor.nnodes} must equal "
-                    f"the actor's world size {actor_world}: anchor rank r holds actor rank r's shards")
-            from verl_commeff.cpu_platform import is_cpu_platform
-
-            pool = RayResourcePool(process_on_nodes=[anchor.n_gpus_per_node] * anchor.nnodes,
-                                   use_gpu=not is_cpu_platform(), max_colocate_count=1, name_prefix="commeff_anchor")
-        else:
+    def _build_anchor_group(self, name_prefix: str = "commeff_anchor") -> RayWorkerGroup:
+        if self._anchor_pool is None:  # a restarted group reuses the pool: its bundles are free again
             role = next(r for r in ACTOR_ROLES if r in self.role_worker_mapping)
-            pool = self.resource_pool_manager.get_resource_pool(role)
-        wg = RayWorkerGroup(
-            resource_pool=pool,
-            ray_cls_with_init=RayClassWithInitArgs(cls=ray.remote(AnchorWorker), config=self.config.actor_rollout_ref),
-            device_name=trainer.device,
-            name_prefix="commeff_anchor",
-        )
-        wg.init_model()
-        wg.anchor_setup(self.commeff_cfg, self.commeff_ticks_per_step)
-        return wg
+            self._anchor_pool = anchor_resource_pool(
+                self.commeff_cfg.anchor, self.resource_pool_manager.get_resource_pool(role),
+                self.actor_rollout_wg.world_size)
+        return build_anchor_group(self._anchor_pool, self.config.actor_rollout_ref, self.commeff_cfg,
+                                  self.commeff_ticks_per_step, self.config.trainer.device, name_prefix)
+
+    def _restore_anchor(self, saved) -> dict:
+        """Load the anchor's checkpointed state; the drained results of its pending fires, as futures."""
+        if not saved or saved.get("states") is None:
+            return {}  # a checkpoint without the anchor's state: every pending fire runs again
+        self.anchor_wg.anchor_load_state_dict([ray.put(s) for s in saved["states"]])
+        return {fire: [ray.put(r) for r in results] for fire, results in saved["results"].items()}
+
+    def _check_anchor(self, metrics: dict) -> None:
+        """sync=free: rebuild the anchor group after a failed fire (up to ``anchor.max_restarts`` times)."""
+        failed = metrics.get("commeff/anchor/failed_fires", 0.0)
+        metrics["commeff/anchor/restarts"] = float(self._anchor_restarts)
+        if failed <= self._anchor_failed_seen:
+            return
+        self._anchor_failed_seen = failed
+        limit = self.commeff_cfg.anchor.max_restarts
+        if self.commeff_cfg.anchor.sync != "free" or self._anchor_restarts >= limit:
+            if not self._anchor_gave_up:  # once: afterwards commeff/anchor/failed_fires counts on
+                logger.warning("commeff: anchor fires failed (%g so far); not restarting the anchor group "
+                               "(%d of commeff.anchor.max_restarts=%d used): the actor continues on the held M̄",
+                               failed, self._anchor_restarts, limit)
+            self._anchor_gave_up = True
+            return
+        self._anchor_restarts += 1
+        logger.warning("commeff: anchor fires failed (%g so far): restarting the anchor group (%d of %d)",
+                       failed, self._anchor_restarts, limit)
+        prefix = f"commeff_anchor_r{self._anchor_restarts}"
+        try:
+            self.anchor_wg = restart_anchor_group(self.anchor_wg, lambda: self._build_anchor_group(prefix),
+                                                  self.actor_rollout_wg)
+        except Exception:
+            logger.exception("commeff: the anchor group could not be restarted; the actor continues on the held M̄")
+            return
+        self.anchor_driver.resubmit_pending()
+        metrics["commeff/anchor/restarts"] = float(self._anchor_restarts)
 
     # ---- the actor update --------------------------------------------------------------
     def _step_minibatches(self, batch) -> list:
@@ -199,6 +222,7 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
         if self.anchor_driver is not None:
             self.anchor_driver.after_update(self._commeff_step * self.commeff_ticks_per_step)
             metrics.update(self.anchor_driver.metrics())
+            self._check_anchor(metrics)
         return out
 
     # ---- checkpointing -----------------------------------------------------------------
@@ -207,14 +231,36 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
         if self.commeff_cfg.enable:
             path = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
             os.makedirs(path, exist_ok=True)
-            state = {"step": self._commeff_step}
+            state = {"step": self._commeff_step, "anchor_failed_seen": self._anchor_failed_seen,
+                     "anchor_restarts": self._anchor_restarts}
             if self.anchor_driver is not None:
                 driver = self.anchor_driver.state_dict()
                 # snapshots are ObjectRefs of this run: store their tensors
                 driver["ring"]["snapshots"] = {s: ray.get(list(refs)) for s, refs in driver["ring"]["snapshots"].items()}
                 state["driver"] = driver
+                state["anchor"] = self._anchor_checkpoint()
             torch.save(state, os.path.join(path, DRIVER_STATE))
         return out
+
+    def _anchor_checkpoint(self) -> dict:
+        """Drain the pending fires, then the anchor's state after them (resume is exact on the anchor side).
+
+        The anchor runs its fires in order, so after the pending fires' results are in, its
+        M̄ EMA and codec Q are the state the next fire of an uninterrupted run would start
+        from; the results themselves are saved so the resumed run consumes them as they are.
+        If a pending fire failed or the anchor is dead, no anchor state is saved (a warning
+        says so): a resume then reruns the pending fires on a fresh anchor.
+        """
+        results, states = {}, None
+        try:
+            for fire, futures in sorted(self.anchor_driver.pending_futures().items()):
+                results[fire] = self.anchor_wg.anchor_result_to_host(list(futures))  # host copies, per rank
+            states = self.anchor_wg.anchor_state_dict()
+        except ray.exceptions.RayError as error:
+            logger.warning("commeff: the anchor's state is not in this checkpoint (%s: %s); a resume reruns "
+                           "its pending fires from a fresh anchor", type(error).__name__, error)
+            results = {}
+        return {"results": results, "states": states}
 
     def _load_checkpoint(self):
         # verl calls this inside _setup, before the anchor driver exists: keep the state for _setup.
@@ -227,4 +273,7 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
             state = torch.load(path, weights_only=False)
             self._commeff_step = state["step"]
             self._commeff_resume = state.get("driver")
+            self._anchor_resume = state.get("anchor")
+            self._anchor_failed_seen = state.get("anchor_failed_seen", 0.0)
+            self._anchor_restarts = state.get("anchor_restarts", 0)
         return out

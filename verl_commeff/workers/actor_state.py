@@ -16,6 +16,7 @@ engine mixin (:mod:`verl_commeff.workers.engine`) calls it at four points:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -34,7 +35,23 @@ if TYPE_CHECKING:
     from verl_commeff.config import CommEffConfig
     from verl_commeff.dp_codec import ReplicaGroups
 
-__all__ = ["AnchorResult", "CommEffActorState", "PendingResult", "ReadyResult", "select_targets"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["AnchorFailure", "AnchorResult", "CommEffActorState", "PendingResult", "ReadyResult", "select_targets"]
+
+
+class AnchorFailure(RuntimeError):
+    """An anchor fire that will never deliver: its worker died or the fire raised.
+
+    Args:
+        fire_tick: the fire.
+        anchor_rank: the anchor rank whose result failed (None: unknown).
+        cause: what went wrong, in words.
+    """
+
+    def __init__(self, fire_tick: int, anchor_rank: Optional[int], cause: str):
+        super().__init__(f"anchor fire {fire_tick} failed on anchor rank {anchor_rank}: {cause}")
+        self.fire_tick, self.anchor_rank, self.cause = fire_tick, anchor_rank, cause
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +74,10 @@ class AnchorResult:
             anchor rank r sent (see :meth:`~verl_commeff.mergers.base.Merger.hold`); None = unchecked.
         rejected: the anchor rejected this fire (its M or sketch was not finite on some
             rank): its M̄ is unchanged, nothing is sent, the actor keeps the M̄ it holds.
+        q_fingerprint: (B,) per-boundary sums of the Q the anchor sketched against (its live
+            Q at the start of the fire), or None without a codec; the actor compares it with
+            its newest Q (``commeff/anchor/q_gap``: 0 when anchor and actor agree on Q).
+        ema_updates: fires folded into the anchor's M̄ so far (``commeff/anchor/ema_updates``).
     """
 
     fire_tick: int
@@ -67,6 +88,23 @@ class AnchorResult:
     backwards: int = 0
     rejected: bool = False
     fingerprints: Optional[torch.Tensor] = None
+    q_fingerprint: Optional[torch.Tensor] = None
+    ema_updates: int = 0
+
+    def to(self, device: torch.device | str) -> "AnchorResult":
+        """This result with its tensors on ``device`` (a checkpoint holds host copies)."""
+        from verl_commeff.mergers.sign_bits import PackedSigns
+
+        if self.m_bar is None:  # a rejected fire sends nothing
+            m_bar = None
+        elif isinstance(self.m_bar, PackedSigns):
+            m_bar = PackedSigns([b.to(device) for b in self.m_bar.bits], self.m_bar.shapes)
+        else:
+            m_bar = [m.to(device) for m in self.m_bar]
+        def move(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if t is None else t.to(device)
+
+        return dataclasses.replace(self, m_bar=m_bar, sketch=move(self.sketch), q_fingerprint=move(self.q_fingerprint))
 
     def wire_bytes(self) -> int:
         """Bytes this result carries to one actor rank (M̄ shards or sign bits, and the sketch)."""
@@ -83,12 +121,19 @@ class AnchorResult:
 
 
 class PendingResult(Protocol):
-    """An anchor result that may still be computing (a Ray future, or a ready value)."""
+    """An anchor result that may still be computing (a Ray future, or a ready value).
+
+    ``anchor_rank`` (optional attribute) names the anchor rank computing it, for messages.
+    """
 
     fire_tick: int
 
     def get(self, timeout: Optional[float]) -> Optional[AnchorResult]:
-        """The result; ``None`` if it is not ready within ``timeout`` seconds (None = wait)."""
+        """The result; ``None`` if it is not ready within ``timeout`` seconds (None = wait).
+
+        Raises:
+            AnchorFailure: the fire will never deliver (dead worker, exception in the fire).
+        """
 
 
 class ReadyResult:
@@ -178,6 +223,9 @@ class CommEffActorState:
         self._anchor_bytes = 0  # this step
         self._anchor_backwards = 0
         self._rejected_fires = 0
+        self._failed_fires = 0  # fires that never delivered (sync=free continues without them)
+        self._ema_updates = 0  # of the newest result taken
+        self._q_gap: Optional[torch.Tensor] = None  # max |anchor Q − actor Q| fingerprint gap this step
 
     # ---- passes ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -217,18 +265,53 @@ class CommEffActorState:
                     f"sync=strict: no anchor job was submitted for fire tick {tick} "
                     f"(inbox: {sorted(self._inbox)}); the trainer must submit fires at the start of their source step"
                 )
-            start = time.perf_counter()
-            result = pending.get(timeout=None)
-            self._wait_s += time.perf_counter() - start
-            return result
+            return self._wait_strict(pending, tick)
         # sync=free: the newest finished fire that is due; older finished ones are dropped.
         newest = None
         for fire in sorted(t for t in self._inbox if t <= tick):
-            result = self._inbox[fire].get(timeout=0)
+            result = self._poll_free(fire)
             if result is not None:
                 del self._inbox[fire]
                 newest = result
         return newest
+
+    def _wait_strict(self, pending: PendingResult, tick: int) -> AnchorResult:
+        """sync=strict: wait for fire ``tick``, logging every ``wait_log_s``; fail after ``wait_timeout_s``."""
+        anchor = self.cfg.anchor
+        rank = getattr(pending, "anchor_rank", None)
+        start = time.perf_counter()
+        try:
+            while True:
+                waited = time.perf_counter() - start
+                remaining = anchor.wait_timeout_s - waited
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"sync=strict: anchor fire {tick} from anchor rank {rank} is not ready after {waited:.0f}s "
+                        f"(commeff.anchor.wait_timeout_s={anchor.wait_timeout_s:g}): the anchor is stalled or far "
+                        "slower than the actor; raise the timeout, or use commeff.anchor.sync=free")
+                result = pending.get(timeout=min(anchor.wait_log_s, remaining))
+                if result is not None:
+                    return result
+                logger.warning("commeff: tick %d waiting for anchor fire %d from anchor rank %s: %.0fs of %gs "
+                               "(sync=strict)", tick, tick, rank, time.perf_counter() - start, anchor.wait_timeout_s)
+        except AnchorFailure as failure:
+            raise RuntimeError(
+                f"sync=strict cannot continue: {failure}. Strict mode needs every fire; "
+                "commeff.anchor.sync=free continues on the held M̄ (and restarts the anchor group)") from failure
+        finally:
+            self._wait_s += time.perf_counter() - start
+
+    def _poll_free(self, fire: int) -> Optional[AnchorResult]:
+        """sync=free: fire ``fire``'s result if finished; a failed fire is dropped, counted, logged once."""
+        try:
+            return self._inbox[fire].get(timeout=0)
+        except AnchorFailure as failure:
+            del self._inbox[fire]
+            self._failed_fires += 1
+            if self._failed_fires == 1:
+                logger.warning("commeff: %s; sync=free: continuing on the held M̄ (its age grows); further failed "
+                               "fires are counted in commeff/anchor/failed_fires", failure)
+            return None
 
     def before_optimizer_step(self, grads: Sequence[torch.Tensor]) -> None:
         """Take the due anchor result, refresh Q when due, and merge ``grads`` in place.
@@ -259,6 +342,8 @@ class CommEffActorState:
             self._age_n += 1
             self._anchor_bytes += result.wire_bytes()
             self._anchor_backwards += result.backwards
+            self._ema_updates = result.ema_updates
+            self._track_q_gap(result)
         # Step 2: stage a refreshed Q when due (live at the next step boundary).
         if self.codec is not None and self.schedule.q_refresh_at(tick):
             if self.cfg.codec.q_source == "fast":
@@ -267,6 +352,14 @@ class CommEffActorState:
                 self.codec.refresh(result.sketch, reduce=False)
         # Step 3: merge.
         self.merger.apply_(grads, tick)
+
+    def _track_q_gap(self, result: AnchorResult) -> None:
+        """How far the Q the anchor sketched against is from this actor's newest Q (no host sync)."""
+        if self.codec is None or result.q_fingerprint is None:
+            return
+        newest = self.codec.staged_basis if self.codec.staged_basis is not None else self.codec.live_basis
+        gap = (newest.sum(dim=(1, 2)) - result.q_fingerprint.to(newest.device)).abs().max()  # ()
+        self._q_gap = gap if self._q_gap is None else torch.maximum(self._q_gap, gap)
 
     # ---- telemetry ---------------------------------------------------------------------
     def metrics(self) -> dict[str, float]:
@@ -283,12 +376,17 @@ class CommEffActorState:
         if self.dp_codec is not None:
             out.update(self.dp_codec.ledger.metrics())
             self.dp_codec.ledger.reset()
+        out["commeff/anchor/failed_fires"] = float(self._failed_fires)
+        if self._ema_updates:
+            out["commeff/anchor/ema_updates"] = float(self._ema_updates)
+        if self._q_gap is not None:
+            out["commeff/anchor/q_gap"] = float(self._q_gap)
         if self._age_n:
             out["commeff/anchor/age"] = self._age_sum / self._age_n
         if out.get("commeff/bytes/codec_dense"):
             sent = sum(out.get(f"commeff/bytes/{path}_sent", 0.0) for path in ("codec", "q_bcast", "anchor"))
             out["commeff/bytes/ratio"] = sent / out["commeff/bytes/codec_dense"]
-        self._wait_s, self._age_sum, self._age_n, self._anchor_bytes = 0.0, 0, 0, 0
+        self._wait_s, self._age_sum, self._age_n, self._anchor_bytes, self._q_gap = 0.0, 0, 0, 0, None
         return out
 
     # ---- checkpointing -----------------------------------------------------------------
@@ -302,6 +400,8 @@ class CommEffActorState:
             "anchor_backwards": self._anchor_backwards,
             "dp_codec": None if self.dp_codec is None else self.dp_codec.state_dict(),
             "rejected_fires": self._rejected_fires,
+            "failed_fires": self._failed_fires,
+            "ema_updates": self._ema_updates,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -318,3 +418,5 @@ class CommEffActorState:
         if self.dp_codec is not None:
             self.dp_codec.load_state_dict(state["dp_codec"])
         self._rejected_fires = state.get("rejected_fires", 0)
+        self._failed_fires = state.get("failed_fires", 0)
+        self._ema_updates = state.get("ema_updates", 0)

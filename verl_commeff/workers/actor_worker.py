@@ -67,26 +67,51 @@ class CommEffActorRolloutRefWorker(ActorRolloutRefWorker):
         return ray.put(export_local_shards(self.actor.engine.module))
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def commeff_newest_basis(self):
+        """The codec's newest Q (staged if one waits, else live), (B, H, r) on the host; None without a codec."""
+        codec = self.actor.engine.commeff.codec
+        if codec is None:
+            return None
+        newest = codec.staged_basis if codec.staged_basis is not None else codec.live_basis
+        return newest.detach().cpu().clone()
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def commeff_offer(self, fire_tick: int, result_refs: list) -> None:
         """Hand fire ``fire_tick``'s anchor results (one ObjectRef per anchor rank) to this rank."""
         if len(result_refs) != self.world_size:
             raise ValueError(f"{len(result_refs)} anchor results for {self.world_size} actor ranks: the anchor "
                              "worker group must have the actor's world size (its shards are the actor's)")
-        self.actor.engine.commeff.offer(RayPendingResult(fire_tick, result_refs[self.rank]))
+        self.actor.engine.commeff.offer(RayPendingResult(fire_tick, result_refs[self.rank], anchor_rank=self.rank))
 
 
 class RayPendingResult:
-    """An anchor result still in Ray: ``get(timeout=0)`` polls, ``get(None)`` waits."""
+    """An anchor result still in Ray: ``get(timeout=0)`` polls, ``get(None)`` waits.
 
-    def __init__(self, fire_tick: int, ref):
+    A dead anchor worker or an exception in its fire surfaces as
+    :class:`~verl_commeff.workers.actor_state.AnchorFailure` (not Ray's own error types),
+    so the actor state decides: ``sync=free`` continues, ``sync=strict`` stops.
+    """
+
+    def __init__(self, fire_tick: int, ref, anchor_rank: int):
         self.fire_tick = fire_tick
+        self.anchor_rank = anchor_rank
         self._ref = ref
 
     def get(self, timeout):
         import ray
 
-        if timeout is not None:
-            ready, _ = ray.wait([self._ref], timeout=timeout)
-            if not ready:
-                return None
-        return ray.get(self._ref)
+        from verl_commeff.workers.actor_state import AnchorFailure
+
+        try:
+            if timeout is not None:
+                ready, _ = ray.wait([self._ref], timeout=timeout)
+                if not ready:
+                    return None
+            result = ray.get(self._ref)
+        except ray.exceptions.RayError as error:
+            cause = "its worker died" if isinstance(error, ray.exceptions.RayActorError) else "the fire raised"
+            raise AnchorFailure(self.fire_tick, self.anchor_rank, f"{cause} ({type(error).__name__}: "
+                                f"{str(error).strip().splitlines()[0] if str(error).strip() else ''})") from error
+        from verl.utils.device import get_device_name
+
+        return result.to(get_device_name())  # no-op for a fresh result; a resumed run's saved ones are on the host

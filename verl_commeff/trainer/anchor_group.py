@@ -1,0 +1,113 @@
+"""The anchor worker group: where it is placed and how it is (re)built.
+
+:func:`build_anchor_group` creates the :class:`~verl_commeff.anchor.worker.AnchorWorker`
+group on its own resource pool (``placement=separate``) or on the actor's
+(``colocated``), then runs ``init_model`` and ``anchor_setup`` on it. Anchor rank r is
+created in the bundle of actor rank r (colocated) or in bundle r of its own pool.
+
+:class:`AnchorWorkerGroup` is verl's ``RayWorkerGroup`` with one change: the task that
+looks up the group's torch.distributed master address/port asks Ray for no CPU. verl
+schedules it with Ray's default of one CPU inside bundle 0 of the pool. In the actor's
+own pool that bundle is already held by the actor's worker; on the CPU platform a bundle
+has exactly one CPU (verl sets the device resource, here ``CPU``, to 1) and the actor's
+worker holds ``1/max_colocate_count`` of it, so the one-CPU lookup task can never be
+placed and the colocated group waited forever (issue 10, item 1). The lookup only binds
+a socket to find a free port, so it needs no reserved CPU on any platform.
+
+:func:`restart_anchor_group` replaces a failed group (``sync=free``, ``anchor.max_restarts``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import ray
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
+from verl.single_controller.ray.base import get_master_addr_port
+
+import verl_commeff.config as commeff_config  # a module reference: the plugin may load this while config is mid-import
+
+__all__ = ["AnchorWorkerGroup", "anchor_resource_pool", "build_anchor_group", "restart_anchor_group"]
+
+
+class AnchorWorkerGroup(RayWorkerGroup):
+    """verl's ``RayWorkerGroup`` whose master address/port lookup reserves no CPU (module docstring)."""
+
+    def _get_master_addr_port(self, pg, bundle_index=0, master_port_range=None):
+        if self._master_addr is None and self._master_port is None:
+            strategy = PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=bundle_index)
+            self._master_addr, self._master_port = ray.get(
+                get_master_addr_port.options(num_cpus=0, scheduling_strategy=strategy).remote(
+                    master_port_range=master_port_range))
+        else:
+            super()._get_master_addr_port(pg, bundle_index, master_port_range)
+
+
+def anchor_resource_pool(anchor_cfg: Any, actor_pool: RayResourcePool, actor_world: int) -> RayResourcePool:
+    """The pool the anchor group runs on: its own (``separate``) or the actor's (``colocated``).
+
+    Raises:
+        CommEffConfigError: a separate pool whose size is not the actor's world size.
+    """
+    if anchor_cfg.placement == "colocated":
+        return actor_pool
+    if anchor_cfg.n_gpus_per_node * anchor_cfg.nnodes != actor_world:
+        raise commeff_config.CommEffConfigError(
+            f"commeff.anchor.n_gpus_per_node × nnodes = {anchor_cfg.n_gpus_per_node * anchor_cfg.nnodes} must "
+            f"equal the actor's world size {actor_world}: anchor rank r holds actor rank r's shards")
+    from verl_commeff.cpu_platform import is_cpu_platform
+
+    return RayResourcePool(process_on_nodes=[anchor_cfg.n_gpus_per_node] * anchor_cfg.nnodes,
+                           use_gpu=not is_cpu_platform(), max_colocate_count=1, name_prefix="commeff_anchor")
+
+
+def build_anchor_group(pool: RayResourcePool, actor_config: Any, commeff_cfg: Any, ticks_per_step: int,
+                       device_name: str, name_prefix: str = "commeff_anchor") -> AnchorWorkerGroup:
+    """Create the anchor workers on ``pool``, build their model and their anchor state.
+
+    Args:
+        pool: from :func:`anchor_resource_pool`.
+        actor_config: the ``actor_rollout_ref`` node (the anchor is built like the actor).
+        commeff_cfg: the whole ``CommEffConfig``.
+        ticks_per_step: optimizer steps per global step.
+        device_name: ``trainer.device``.
+        name_prefix: Ray actor name prefix (a restarted group needs a new one).
+    """
+    from verl_commeff.anchor.worker import AnchorWorker
+
+    wg = AnchorWorkerGroup(
+        resource_pool=pool,
+        ray_cls_with_init=RayClassWithInitArgs(cls=ray.remote(AnchorWorker), config=actor_config),
+        device_name=device_name,
+        name_prefix=name_prefix,
+    )
+    wg.init_model()
+    wg.anchor_setup(commeff_cfg, ticks_per_step)
+    return wg
+
+
+def restart_anchor_group(old: RayWorkerGroup, rebuild: Callable[[], RayWorkerGroup], actor_wg: Any) -> RayWorkerGroup:
+    """Replace a failed anchor group with a fresh one that sketches against the actor's Q.
+
+    Steps:
+        1. Kill the old group's workers (the dead ones are gone; live ones give their
+           resources back).
+        2. Build the new group (``rebuild``: :func:`build_anchor_group` with a new name prefix).
+        3. Make the actor's newest Q the new anchor's live Q (``q_source=anchor``: the next
+           sketch must start from the basis the actor holds, not the bootstrap one). Its M̄
+           EMA starts empty: the first fire after the restart sets M̄ = M.
+
+    Returns:
+        The new group; the caller resubmits the pending fires to it.
+    """
+    # Step 1: the old workers go.
+    for worker in old.workers:
+        ray.kill(worker, no_restart=True)
+    # Step 2: a new group.
+    new = rebuild()
+    # Step 3: the actor's newest Q.
+    bases = actor_wg.commeff_newest_basis()[0]
+    if bases is not None:
+        new.anchor_adopt_basis(bases)
+    return new
