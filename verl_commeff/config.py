@@ -133,6 +133,9 @@ class AnchorConfig(BaseConfig):
         max_restarts: ``sync=free``: times the trainer rebuilds a failed anchor group in a
             run (the actor meanwhile continues on the held M̄); 0 = never. ``sync=strict``
             never restarts: a failed fire stops the run.
+        placement_timeout_s: ``placement=separate``: seconds to wait at start for the
+            cluster to grant the anchor's own pool before failing with an error that names
+            the resources asked for and those available (instead of waiting forever); > 0.
     """
 
     enable: bool = True
@@ -148,6 +151,7 @@ class AnchorConfig(BaseConfig):
     wait_timeout_s: float = 1800.0
     wait_log_s: float = 60.0
     max_restarts: int = 1
+    placement_timeout_s: float = 120.0
 
     def __post_init__(self):
         _check_int("commeff.anchor.delay_k", self.delay_k, 0)
@@ -166,6 +170,7 @@ class AnchorConfig(BaseConfig):
         _check_float("commeff.anchor.wait_timeout_s", self.wait_timeout_s, 0.0, float("inf"), lo_open=True)
         _check_float("commeff.anchor.wait_log_s", self.wait_log_s, 0.0, float("inf"), lo_open=True)
         _check_int("commeff.anchor.max_restarts", self.max_restarts, 0)
+        _check_float("commeff.anchor.placement_timeout_s", self.placement_timeout_s, 0.0, float("inf"), lo_open=True)
 
 
 @dataclass

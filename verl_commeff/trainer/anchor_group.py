@@ -28,7 +28,7 @@ from verl.single_controller.ray.base import get_master_addr_port
 
 import verl_commeff.config as commeff_config  # a module reference: the plugin may load this while config is mid-import
 
-__all__ = ["AnchorWorkerGroup", "anchor_resource_pool", "build_anchor_group", "restart_anchor_group"]
+__all__ = ["AnchorWorkerGroup", "anchor_resource_pool", "build_anchor_group", "ensure_pool_fits", "restart_anchor_group"]
 
 
 class AnchorWorkerGroup(RayWorkerGroup):
@@ -58,8 +58,44 @@ def anchor_resource_pool(anchor_cfg: Any, actor_pool: RayResourcePool, actor_wor
             f"equal the actor's world size {actor_world}: anchor rank r holds actor rank r's shards")
     from verl_commeff.cpu_platform import is_cpu_platform
 
-    return RayResourcePool(process_on_nodes=[anchor_cfg.n_gpus_per_node] * anchor_cfg.nnodes,
+    pool = RayResourcePool(process_on_nodes=[anchor_cfg.n_gpus_per_node] * anchor_cfg.nnodes,
                            use_gpu=not is_cpu_platform(), max_colocate_count=1, name_prefix="commeff_anchor")
+    ensure_pool_fits(pool, anchor_cfg.placement_timeout_s)
+    return pool
+
+
+def ensure_pool_fits(pool: RayResourcePool, timeout_s: float) -> None:
+    """Fail with a clear error if Ray cannot grant ``pool`` within ``timeout_s`` (issue 11, item 4).
+
+    verl creates a pool's placement groups and waits for them without a limit, so a cluster
+    without room for the anchor's own pool hung silently. This asks Ray for the same bundles
+    (one placement group per node, STRICT_PACK, as verl does), waits at most ``timeout_s``
+    and gives them back; verl then creates its own.
+
+    Raises:
+        CommEffConfigError: the bundles were not granted in time; the message names them and
+            the cluster's free resources.
+    """
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from verl.utils.device import get_resource_name
+
+    bundle = {"CPU": pool.max_colocate_count}
+    if pool.use_gpu:
+        bundle[get_resource_name()] = 1
+    groups = [placement_group([dict(bundle) for _ in range(count)], strategy="STRICT_PACK") for count in pool._store]
+    try:
+        granted = all(group.wait(timeout_seconds=timeout_s) for group in groups)
+    finally:
+        for group in groups:
+            remove_placement_group(group)
+    if not granted:
+        asked = " + ".join(f"{count} × {bundle}" for count in pool._store)
+        free = {k: v for k, v in ray.available_resources().items() if k in bundle}
+        raise commeff_config.CommEffConfigError(
+            f"commeff.anchor.placement=separate: Ray could not grant the anchor's own pool ({asked}, one node each) "
+            f"within commeff.anchor.placement_timeout_s={timeout_s:g}s; free now: {free}. Give the cluster more "
+            "devices, lower commeff.anchor.n_gpus_per_node × nnodes with the actor's world size, or use "
+            "commeff.anchor.placement=colocated")
 
 
 def build_anchor_group(pool: RayResourcePool, actor_config: Any, commeff_cfg: Any, ticks_per_step: int,
