@@ -45,3 +45,16 @@ def test_packed_signs_validates():
         PackedSigns(bits=[torch.zeros(3, dtype=torch.uint8)], shapes=[(9,)])
     with pytest.raises(ValueError, match="len"):
         PackedSigns(bits=[], shapes=[(9,)])
+
+
+def test_bit_weights_are_made_once_per_device_not_per_call():
+    """No host→device copy per matrix per tick: the (8,) bit weights are cached per device (issue 11)."""
+    from verl_commeff.mergers import sign_bits
+
+    tensors = [torch.randn(5, 7), torch.randn(3)]
+    packed = pack_signs(tensors)
+    misses = sign_bits._bit_weights.cache_info().misses
+    for _ in range(3):
+        unpack_signs(pack_signs(tensors))
+    assert sign_bits._bit_weights.cache_info().misses == misses
+    assert sign_bits._bit_weights(packed.bits[0].device) is sign_bits._bit_weights(torch.device("cpu"))

@@ -17,6 +17,7 @@ with 0 bits. A tensor of ``n`` coordinates packs to ``ceil(n / 8)`` uint8 bytes.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -29,8 +30,10 @@ __all__ = ["PackedSigns", "pack_signs", "sign_mask", "unpack_signs"]
 _BITS_PER_BYTE = 8
 
 
+@functools.lru_cache(maxsize=None)
 def _bit_weights(device: torch.device) -> torch.Tensor:
-    """(8,) uint8: the value of bit j, 1 << j."""
+    """(8,) uint8: the value of bit j, 1 << j; made once per device (a host→device copy otherwise
+    ran for every matrix on every tick: issue 11)."""
     return torch.tensor([1 << j for j in range(_BITS_PER_BYTE)], dtype=torch.uint8, device=device)
 
 
