@@ -33,6 +33,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from verl_commeff.clock import ticks_per_step
 from verl_commeff.config import CommEffConfigError, to_commeff_config
+from verl_commeff.ledger import ledger_totals
 from verl_commeff.schedule import FireSchedule
 from verl_commeff.trainer.anchor_driver import AnchorDriver, tick_minibatches
 
@@ -191,6 +192,7 @@ class CommEffTrainer(PPOTrainerSync):
         if self.anchor_driver is not None:
             self.anchor_driver.after_update(self._commeff_step * self.commeff_ticks_per_step)
             metrics.update(self.anchor_driver.metrics())
+        metrics.update(ledger_totals(metrics))  # the actor's paths (mean over ranks) and the driver's
         return out
 
     # ---- checkpointing -----------------------------------------------------------------
