@@ -44,8 +44,11 @@ def test_two_replicas_train_with_the_dp_codec_and_log_the_byte_ledger(tmp_path, 
                      NGPUS=2, FSDP_SIZE=1, DP_CODEC=1, DP_RANK=DP_RANK, DP_START=DP_START)
     run(["bash", "recipes/gsm8k_grpo_commeff.sh", f"trainer.default_local_dir={tmp_path / 'ckpt'}",
          "trainer.val_before_train=False"], env, tmp_path, "dp2")
-    recs = records(tmp_path, "dp2")
+    check_dp_run(records(tmp_path, "dp2"), learnable_preset / "model")
 
+
+def check_dp_run(recs, model_dir):
+    """The assertions on a finished run's records (also usable on a run made by hand with the same knobs)."""
     # training proceeded: every step ran, with finite losses and metrics
     train_steps = sorted(s for s, d in recs.items() if "actor/pg_loss" in d)
     assert train_steps == list(range(1, STEPS + 1))
@@ -54,7 +57,7 @@ def test_two_replicas_train_with_the_dp_codec_and_log_the_byte_ledger(tmp_path, 
         assert all(math.isfinite(v) for k, v in recs[step].items() if k.startswith("commeff/")), step
     assert recs[STEPS]["commeff/tick"] == STEPS * TICKS_PER_STEP
 
-    compressed, dense, target = expected_tick_bytes(learnable_preset / "model")
+    compressed, dense, target = expected_tick_bytes(model_dir)
     expected_ratio = compressed / dense
     assert expected_ratio < 0.5  # the targets dominate enough for rank 4 to matter
     for step in train_steps:

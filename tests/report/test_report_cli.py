@@ -12,7 +12,7 @@ from tests.report.synthetic_runs import VAL_KEY, drop_metric, move_validation, w
 from verl_commeff.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-FIGURES = ("val_accuracy.png", "train_reward.png", "collapse_mechanism.png", "q_telemetry.png")
+FIGURES = ("val_accuracy.png", "train_reward.png", "collapse_mechanism.png", "q_telemetry.png", "bytes_per_step.png")
 ARMS = ("dense", "K5", "K20")
 
 
