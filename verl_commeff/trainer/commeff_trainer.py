@@ -10,7 +10,9 @@
   resource pool (``placement=separate``) or on the actor's (``colocated``);
 - at every actor update, the :class:`~verl_commeff.trainer.anchor_driver.AnchorDriver`
   submits the fires whose mini-batch is in this step and hands their futures to the actor;
-- ``actor/commeff/*`` worker metrics are logged as ``commeff/*``;
+- ``actor/commeff/*`` worker metrics are logged as ``commeff/*``, with the driver's
+  ``commeff/anchor/*`` and the byte ledger's totals over every path
+  (:mod:`verl_commeff.ledger`);
 - ``trainer.v1.sampler.sampler_kwargs.poll_interval`` sets the replay buffer's poll interval
   (verl's is a fixed 2 s per step);
 - on a CPU-only Ray cluster the resource check counts CPUs (verl's counts GPUs only).
