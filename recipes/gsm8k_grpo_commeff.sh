@@ -11,6 +11,8 @@
 #   bash recipes/gsm8k_grpo_commeff.sh trainer.total_epochs=2    # extra verl/commeff overrides go last
 #   PRESET=cpu_tiny bash recipes/gsm8k_grpo_commeff.sh           # the tiny CPU demo (no GPU, no downloads)
 #   DP_CODEC=1 FSDP_SIZE=2 bash recipes/gsm8k_grpo_commeff.sh     # + PowerSGD across 2 HSDP replicas (SPEC §5)
+#   PRESET=cpu_tiny NGPUS=2 FSDP_SIZE=1 DP_CODEC=1 DP_RANK=4 DP_START=2 bash recipes/gsm8k_grpo_commeff.sh
+#                                                                 # the same on CPU: 2 actor processes as 2 replicas
 #
 # Data: verl's GSM8K parquet layout; `python -m verl_commeff.data.gsm8k --local_dir $DATA_DIR` makes it.
 set -xeuo pipefail
@@ -62,7 +64,8 @@ cpu_tiny)
     DATA_DIR=${DATA_DIR:-$PRESET_DIR/gsm8k}
     PLACEMENT=${PLACEMENT:-separate}
     STEPS=${STEPS:-12}
-    NGPUS=1                              # one actor process (and one anchor process)
+    NGPUS=${NGPUS:-1}                    # actor processes (and as many anchor processes with placement=separate);
+                                         # NGPUS=2 FSDP_SIZE=1: 2 HSDP replicas of 1 shard (DP_CODEC=1 compresses between them)
     ROLLOUT=${ROLLOUT:-hf}
     # 16 prompts x 8 responses per step, 2 ticks per step (mini-batch 8 prompts), like the seed's surface
     TRAIN_BATCH=${TRAIN_BATCH:-16} MINI_BATCH=${MINI_BATCH:-8} MICRO_BATCH=${MICRO_BATCH:-32} N=${N:-8}

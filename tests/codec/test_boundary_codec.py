@@ -41,7 +41,7 @@ def test_full_rank_codec_is_lossless():
     for name, grad in grads.items():
         torch.testing.assert_close(grad, plain_grads[name], atol=1e-5, rtol=1e-4)
     metrics = codec.metrics()
-    assert metrics["commeff/bytes/codec_sent"] > 0  # the codec was live
+    assert metrics["commeff/bytes/codec/sent"] > 0  # the codec was live
     for layer in (0, 1, 2):
         assert metrics[f"commeff/codec/recon_err/layer_{layer}"] < 2e-3
 
@@ -95,7 +95,7 @@ def test_inert_outside_train_and_old_log_prob(q_source):
         with pytest.raises(RuntimeError, match="no activations observed"):
             codec.take_sketch()
     metrics = codec.metrics()
-    assert metrics["commeff/bytes/codec_sent"] == 0 and metrics["commeff/bytes/codec_dense"] == 0
+    assert metrics["commeff/bytes/codec/sent"] == 0 and metrics["commeff/bytes/codec/dense_equiv"] == 0
     assert not any(k.startswith("commeff/codec/recon_err") for k in metrics)
     # Contrast: the same codec on train changes the output.
     logits, _ = _run(model, ids, codec, "train")
@@ -143,7 +143,7 @@ def test_gradient_checkpointing_does_not_double_count(use_reentrant):
         torch.testing.assert_close(grads1[name], grads0[name], atol=1e-6, rtol=1e-5)
     assert m1 == pytest.approx(m0, rel=1e-5)
     assert m0["commeff/codec/activations"] == 24
-    assert m0["commeff/bytes/codec_sent"] == 24 * 8 * 4 * 2  # one forward and one backward crossing
+    assert m0["commeff/bytes/codec/sent"] == 24 * 8 * 4 * 2  # one forward and one backward crossing
 
 
 def test_staged_q_is_not_live_until_activate_staged():
@@ -188,7 +188,7 @@ def test_refresh_needs_observations_or_a_sketch():
     V = torch.randn(1, HIDDEN, 8)
     staged = codec.refresh(V.clone())
     torch.testing.assert_close(staged.double(), _signed_qr(V), atol=1e-5, rtol=1e-4)
-    assert codec.metrics()["commeff/bytes/q_bcast_sent"] == 1 * HIDDEN * 8 * 4
+    assert codec.metrics()["commeff/bytes/q_bcast/sent"] == 1 * HIDDEN * 8 * 4
 
 
 def test_metrics_values_and_per_step_reset():
@@ -207,20 +207,22 @@ def test_metrics_values_and_per_step_reset():
     metrics = codec.metrics()
     assert set(metrics) == {
         "commeff/codec/recon_err/layer_1", "commeff/codec/q_cond/layer_1", "commeff/codec/q_updates",
-        "commeff/codec/activations", "commeff/bytes/codec_sent", "commeff/bytes/codec_dense",
-        "commeff/bytes/q_bcast_sent",
+        "commeff/codec/activations", "commeff/bytes/codec/sent", "commeff/bytes/codec/dense_equiv",
+        "commeff/bytes/codec/ratio", "commeff/bytes/q_bcast/sent", "commeff/bytes/q_bcast/dense_equiv",
     }
     assert metrics["commeff/codec/recon_err/layer_1"] == pytest.approx(sum(errs) / 2, rel=1e-4)
     assert 0.05 < metrics["commeff/codec/recon_err/layer_1"] < 1.0
     assert metrics["commeff/codec/q_cond/layer_1"] == pytest.approx(1.0, abs=1e-4)
-    assert metrics["commeff/bytes/codec_sent"] == 3 * 24 * 8 * 4
-    assert metrics["commeff/bytes/codec_dense"] == 3 * 24 * HIDDEN * 4
-    assert metrics["commeff/bytes/q_bcast_sent"] == HIDDEN * 8 * 4
+    assert metrics["commeff/bytes/codec/sent"] == 3 * 24 * 8 * 4
+    assert metrics["commeff/bytes/codec/dense_equiv"] == 3 * 24 * HIDDEN * 4
+    assert metrics["commeff/bytes/q_bcast/sent"] == HIDDEN * 8 * 4
+    assert metrics["commeff/bytes/codec/ratio"] == pytest.approx(8 / HIDDEN)
+    assert metrics["commeff/bytes/q_bcast/dense_equiv"] == 0  # dense training broadcasts no basis
     assert metrics["commeff/codec/activations"] == 24
     again = codec.metrics()
     assert "commeff/codec/recon_err/layer_1" not in again
-    assert again["commeff/bytes/codec_sent"] == again["commeff/bytes/codec_dense"] == 0
-    assert again["commeff/bytes/q_bcast_sent"] == 0 and again["commeff/codec/activations"] == 24
+    assert again["commeff/bytes/codec/sent"] == again["commeff/bytes/codec/dense_equiv"] == 0
+    assert again["commeff/bytes/q_bcast/sent"] == 0 and again["commeff/codec/activations"] == 24
 
 
 def test_state_dict_round_trip_gives_identical_subsequent_behaviour():

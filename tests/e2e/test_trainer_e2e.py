@@ -27,9 +27,11 @@ EXPECTED = {
     "commeff/anchor/wait_s", "commeff/anchor/age", "commeff/merger/lambda", "commeff/merger/sign_agree",
     "commeff/merger/cold_ticks", "commeff/merger/merged_ticks", "commeff/merger/delta_ratio",
     "commeff/codec/recon_err/layer_1", "commeff/codec/q_cond/layer_1", "commeff/codec/q_updates",
-    "commeff/bytes/codec_sent", "commeff/bytes/codec_dense", "commeff/bytes/q_bcast_sent",
-    "commeff/bytes/anchor_sent", "commeff/bytes/ratio", "commeff/anchor/q_gap", "commeff/anchor/ema_updates",
-    "commeff/anchor/failed_fires", "commeff/anchor/restarts",
+    "commeff/bytes/codec/sent", "commeff/bytes/codec/dense_equiv", "commeff/bytes/q_bcast/sent",
+    "commeff/bytes/anchor_m_bar/sent", "commeff/bytes/anchor_snapshot/sent", "commeff/bytes/anchor_minibatch/sent",
+    "commeff/bytes/anchor_sketch/sent", "commeff/bytes/total/sent", "commeff/bytes/total/dense_equiv",
+    "commeff/bytes/ratio",
+    "commeff/anchor/q_gap", "commeff/anchor/ema_updates", "commeff/anchor/failed_fires", "commeff/anchor/restarts",
 }
 Q_GAP_TOL = 1e-4  # anchor and actor compute the same orth(sketch): equal up to float rounding (a wrong Q: ~1)
 
@@ -57,7 +59,7 @@ def _check_commeff_run(records, steps=STEPS, test_freq=TEST_FREQ):
 
     # the codec was live on train (bytes compressed) and old-log-prob (the actor's old log-probs
     # differ from the unprojected rollout's), not on rollout/validation
-    assert 0 < last["commeff/bytes/codec_sent"] < last["commeff/bytes/codec_dense"]
+    assert 0 < last["commeff/bytes/codec/sent"] < last["commeff/bytes/codec/dense_equiv"]
     assert last["training/rollout_probs_diff_max"] > 1e-5
 
     # validation was logged (before training and every TEST_FREQ steps)

@@ -65,6 +65,19 @@ def test_dp_codec_knob_turns_on_powersgd_across_hsdp_replicas():
     assert bad.returncode == 2 and "DP_CODEC must be 0 or 1" in bad.stderr
 
 
+def test_cpu_tiny_ngpus_knob_makes_two_replicas_with_a_mirrored_anchor():
+    base = {"PRESET": "cpu_tiny", "PRESET_DIR": "/nonexistent"}  # dry run: the preset is not built
+    (overrides,) = _dry_run("gsm8k_grpo_commeff.sh", base)
+    cfg, commeff = _composed(overrides)
+    assert cfg.trainer.n_gpus_per_node == 1 and commeff.anchor.n_gpus_per_node == 1  # the default: one process
+    env = {**base, "NGPUS": "2", "FSDP_SIZE": "1", "DP_CODEC": "1"}
+    (overrides,) = _dry_run("gsm8k_grpo_commeff.sh", env)
+    cfg, commeff = _composed(overrides)
+    assert cfg.trainer.n_gpus_per_node == 2 and commeff.anchor.n_gpus_per_node == 2
+    assert commeff.anchor.placement == "separate" and cfg.actor_rollout_ref.actor.fsdp_config.fsdp_size == 1
+    assert commeff.dp_codec.enable
+
+
 def test_dense_recipe_turns_the_plugin_off():
     (overrides,) = _dry_run("gsm8k_grpo_dense.sh")
     cfg, commeff = _composed(overrides)

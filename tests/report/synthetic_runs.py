@@ -84,6 +84,24 @@ def codec_metrics(step: int, cadence_ticks: int, rng: np.random.Generator) -> di
     return metrics
 
 
+# The byte ledger a plugin arm logs: path → (sent, dense_equiv) bytes per step; the anchor's paths and
+# the Q broadcast only on steps with a fire, the codec every step.
+LEDGER_EVERY_STEP = {"codec": (1000.0, 16000.0)}
+LEDGER_FIRE_STEP = {"q_bcast": (256.0, 0.0), "anchor_snapshot": (8000.0, 0.0), "anchor_minibatch": (3000.0, 0.0),
+                    "anchor_m_bar": (400.0, 0.0)}
+
+
+def ledger_metrics(step: int, cadence_ticks: int) -> dict[str, float]:
+    """``commeff/bytes/<path>/{sent,dense_equiv}`` of one step (no totals: the report adds its own)."""
+    fired = fires_by(step, cadence_ticks) > fires_by(step - 1, cadence_ticks)
+    paths = {**LEDGER_EVERY_STEP, **{p: (v if fired else (0.0, 0.0)) for p, v in LEDGER_FIRE_STEP.items()}}
+    out = {}
+    for path, (sent, dense) in paths.items():
+        out[f"commeff/bytes/{path}/sent"] = sent
+        out[f"commeff/bytes/{path}/dense_equiv"] = dense
+    return out
+
+
 def refreshed_before(step: int, cadence_ticks: Optional[int]) -> bool:
     """Whether Q changed during the previous step (the clip fraction spikes one step later)."""
     return cadence_ticks is not None and step > 1 and fires_by(step - 1, cadence_ticks) > fires_by(step - 2, cadence_ticks)
@@ -103,6 +121,7 @@ def make_run(shape: RunShape) -> Records:
         }
         if shape.cadence_ticks is not None:
             data.update(codec_metrics(step, shape.cadence_ticks, rng))
+            data.update(ledger_metrics(step, shape.cadence_ticks))
         if step in shape.val:
             data[VAL_KEY] = shape.val[step]
         records.append((step, data))

@@ -12,7 +12,7 @@ from tests.report.synthetic_runs import VAL_KEY, drop_metric, move_validation, w
 from verl_commeff.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-FIGURES = ("val_accuracy.png", "train_reward.png", "collapse_mechanism.png", "q_telemetry.png")
+FIGURES = ("val_accuracy.png", "train_reward.png", "collapse_mechanism.png", "q_telemetry.png", "bytes_per_step.png")
 ARMS = ("dense", "K5", "K20")
 
 
@@ -113,7 +113,7 @@ def test_skip_missing_leaves_the_figure_out_with_a_warning(k20_without_entropy, 
     assert report(k20_without_entropy, tmp_path / "out", "--skip-missing") == 0
     assert "warning: run 'K20' lacks the metric 'actor/entropy'" in capsys.readouterr().err
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == ["q_telemetry.png", "train_reward.png", "val_accuracy.png", "verdict.md"]
+    assert written == ["bytes_per_step.png", "q_telemetry.png", "train_reward.png", "val_accuracy.png", "verdict.md"]
 
 
 def test_missing_codec_telemetry_names_the_q_figure(seed_records, seed_runs, tmp_path, capsys):

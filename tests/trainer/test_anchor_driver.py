@@ -131,3 +131,29 @@ def test_free_mode_never_waits_and_reports_the_realised_age():
     ages = [h["commeff/anchor/age"] for h in history if "commeff/anchor/age" in h]
     assert ages and min(ages) > k  # realised staleness exceeds the nominal K when results are late
     assert all(h["commeff/anchor/wait_s"] == 0.0 for h in history)  # polling only, no waiting
+
+
+def test_driver_counts_the_replayed_minibatches_bytes_per_step():
+    """anchor_minibatch/sent = the nbytes of the mini-batches handed to submit this step (0 on other steps)."""
+    from tensordict import TensorDict
+
+    def minibatch(t):
+        return TensorDict({"input_ids": torch.full((4, 6), t, dtype=torch.int64),
+                           "advantages": torch.zeros(4, 6)}, batch_size=[4])
+
+    submitted = []
+    driver = AnchorDriver(FireSchedule(2, 2, 2), take_snapshot=lambda: ["ref"],
+                          submit=lambda fire, source, mb, snap: submitted.append(mb) or ["f"],
+                          offer=lambda fire, futures: None)
+    per_step = []
+    for step in (1, 2, 3):
+        ticks = range((step - 1) * 2 + 1, step * 2 + 1)
+        before = len(submitted)
+        driver.before_update(step, [minibatch(t) for t in ticks])
+        driver.after_update(ticks[-1])
+        expected = sum(mb["input_ids"].nbytes + mb["advantages"].nbytes for mb in submitted[before:])
+        got = driver.metrics()
+        per_step.append(got["commeff/bytes/anchor_minibatch/sent"])
+        assert got["commeff/bytes/anchor_minibatch/sent"] == expected
+        assert got["commeff/bytes/anchor_minibatch/dense_equiv"] == 0
+    assert len(submitted) >= 2 and sum(per_step) == len(submitted) * (4 * 6 * 8 + 4 * 6 * 4)

@@ -227,3 +227,40 @@ def test_anchor_result_to_device_keeps_every_field(packed):
     else:
         assert all(torch.equal(a, b) for a, b in zip(back.m_bar, m_bar))
     assert torch.equal(back.sketch, result.sketch) and torch.equal(back.q_fingerprint, result.q_fingerprint)
+
+
+@pytest.mark.parametrize("transport", ["shards", "sign"])
+def test_anchor_paths_of_the_byte_ledger_count_the_handed_over_tensors(transport):
+    """Snapshot, M̄ (shards or sign bits) and sketch: sent = the tensors' own nbytes, from the tensors."""
+    from verl_commeff.mergers.sign_bits import pack_signs
+    from verl_commeff.workers.weight_shards import export_local_shards
+
+    state, model = make_state(q_source="anchor")
+    snapshot = export_local_shards(model)
+    snapshot_bytes = sum(p.numel() for p in model.parameters()) * 4  # fp32 model: 4 bytes per parameter
+    assert state.record_snapshot(snapshot) == snapshot_bytes
+    m_bar = anchor_signal(state, 6)
+    numel = sum(m.numel() for m in m_bar)
+    held = pack_signs(m_bar) if transport == "sign" else m_bar
+    sketch = torch.randn(1, HIDDEN, 8)  # (B=1, H, r)
+    state.offer(ReadyResult(AnchorResult(2, 1, held, sketch=sketch)))
+    for seed in (1, 2):
+        _, grads, _ = train_tick(state, model, seed)
+        state.before_optimizer_step(grads)
+    metrics = state.metrics()
+    # independent sizes: fp32 shards are 4 bytes a coordinate, sign bits ceil(numel_i / 8) bytes per tensor
+    m_bar_bytes = numel * 4 if transport == "shards" else sum(-(-m.numel() // 8) for m in m_bar)
+    assert metrics["commeff/bytes/anchor_snapshot/sent"] == snapshot_bytes
+    assert metrics["commeff/bytes/anchor_m_bar/sent"] == m_bar_bytes
+    assert metrics["commeff/bytes/anchor_m_bar/as_shards"] == numel * 4
+    assert metrics["commeff/bytes/anchor_sketch/sent"] == HIDDEN * 8 * 4
+    for path in ("anchor_snapshot", "anchor_m_bar", "anchor_sketch"):
+        assert metrics[f"commeff/bytes/{path}/dense_equiv"] == 0  # dense training has no anchor
+    # the totals add every path of the step (here: codec, Q broadcast and the anchor's)
+    paths = ("codec", "q_bcast", "anchor_snapshot", "anchor_m_bar", "anchor_sketch")
+    assert metrics["commeff/bytes/total/sent"] == sum(metrics[f"commeff/bytes/{p}/sent"] for p in paths)
+    assert metrics["commeff/bytes/total/dense_equiv"] == metrics["commeff/bytes/codec/dense_equiv"] > 0
+    assert metrics["commeff/bytes/ratio"] == pytest.approx(
+        metrics["commeff/bytes/total/sent"] / metrics["commeff/bytes/codec/dense_equiv"])
+    again = state.metrics()  # per step: reset
+    assert all(again[f"commeff/bytes/{p}/sent"] == 0 for p in ("anchor_snapshot", "anchor_m_bar", "anchor_sketch"))

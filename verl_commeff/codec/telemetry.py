@@ -12,11 +12,14 @@ Metric names (``l`` is the 0-based index of a boundary layer):
 - ``commeff/codec/q_updates``: staged bases made live so far (cumulative);
 - ``commeff/codec/activations``: activation rows (token vectors) folded into the sketch so
   far, summed over boundaries (cumulative, this rank);
-- ``commeff/bytes/codec_sent`` / ``commeff/bytes/codec_dense``: logical boundary wire bytes
-  this step, compressed (tokens × r) vs dense-equivalent (tokens × H), per boundary, in the
-  forward and (when a gradient flows back) the backward direction, at the activation dtype;
-- ``commeff/bytes/q_bcast_sent``: Q broadcast bytes this step (H × r × 4 per boundary per
-  refresh).
+- ``commeff/bytes/codec/sent`` / ``commeff/bytes/codec/dense_equiv`` (and ``.../ratio``):
+  logical boundary wire bytes this step, compressed (tokens × r) vs dense-equivalent
+  (tokens × H), per boundary, in the forward and (when a gradient flows back) the backward
+  direction, at the activation dtype;
+- ``commeff/bytes/q_bcast/sent``: Q broadcast bytes this step (H × r × 4 per boundary per
+  refresh); its ``dense_equiv`` is 0 (dense training broadcasts no basis).
+
+The byte paths follow :mod:`verl_commeff.ledger`.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from typing import Any, Sequence
 
 import torch
 
+from verl_commeff.ledger import path_metrics
+
 __all__ = ["CodecTelemetry"]
 
 CODEC_PREFIX = "commeff/codec/"
-BYTES_PREFIX = "commeff/bytes/"
 TELEMETRY_DTYPE = torch.float32
 
 
@@ -96,9 +100,8 @@ class CodecTelemetry:
             out[f"{CODEC_PREFIX}q_cond/layer_{layer}"] = values[num_boundaries + b]
         out[f"{CODEC_PREFIX}q_updates"] = self.q_updates
         out[f"{CODEC_PREFIX}activations"] = self.activations
-        out[f"{BYTES_PREFIX}codec_sent"] = self.codec_sent
-        out[f"{BYTES_PREFIX}codec_dense"] = self.codec_dense
-        out[f"{BYTES_PREFIX}q_bcast_sent"] = self.q_bcast_sent
+        out.update(path_metrics("codec", self.codec_sent, self.codec_dense))
+        out.update(path_metrics("q_bcast", self.q_bcast_sent, 0))
         self._reset_step()
         return out
 

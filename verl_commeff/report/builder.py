@@ -13,7 +13,9 @@ Missing-metric policy (docs/report.md):
 * optional, never an error: the event counters (``commeff/anchor/fires``,
   ``commeff/codec/q_updates``; a plugin-off control logs none) and codec telemetry for
   arms that do not log any ``commeff/codec/`` metric (they are left out of
-  ``q_telemetry.png``).
+  ``q_telemetry.png``); the byte ledger (``commeff/bytes/<path>/sent``): ``bytes_per_step.png``
+  shows the arms that log it, an arm without it is left out with a note, and with no arm
+  logging bytes the figure is not written (a note, not an error).
 
 All checks run before anything is written, so an error leaves no partial report.
 """
@@ -28,6 +30,7 @@ import pandas as pd
 
 from verl_commeff.report import figures, names
 from verl_commeff.report.errors import ReportError
+from verl_commeff.report.ledger import arm_bytes
 from verl_commeff.report.readers import load_runs
 from verl_commeff.report.spiral import SpiralParams, detect_spiral
 from verl_commeff.report.verdict import (
@@ -45,6 +48,7 @@ VAL_FIGURE = "val_accuracy.png"
 REWARD_FIGURE = "train_reward.png"
 COLLAPSE_FIGURE = "collapse_mechanism.png"
 Q_FIGURE = "q_telemetry.png"
+BYTES_FIGURE = "bytes_per_step.png"
 VERDICT_FILE = "verdict.md"
 SPIRAL_OUTPUT = "the spiral column of verdict.md"
 CODEC_PREFIX = "commeff/codec/"
@@ -228,6 +232,15 @@ def write_report(run_arguments: list[str], options: ReportOptions, log: Callable
         result.written.append(figures.plot_collapse_mechanism(runs, colors, ignition, out / COLLAPSE_FIGURE))
     if Q_FIGURE not in skipped:
         result.written.append(figures.plot_q_telemetry(codec_arms(runs), colors, out / Q_FIGURE))
+    ledgers = {arm: arm_bytes(table) for arm, table in runs.items()}
+    no_bytes = [arm for arm, ledger in ledgers.items() if ledger is None]
+    if len(no_bytes) == len(runs):
+        result.warnings.append(f"no run logs the byte ledger (commeff/bytes/<path>/sent): {BYTES_FIGURE} not written")
+    else:
+        if no_bytes:
+            result.warnings.append(f"no bytes logged by {', '.join(map(repr, no_bytes))}: left out of {BYTES_FIGURE}")
+        logged = {arm: ledger for arm, ledger in ledgers.items() if ledger is not None}
+        result.written.append(figures.plot_bytes_per_step(logged, colors, out / BYTES_FIGURE))
 
     result.verdicts = build_verdicts(runs, val_keys, spirals, settings)
     verdict_path = out / VERDICT_FILE

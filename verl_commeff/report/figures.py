@@ -6,6 +6,8 @@
   fires and Q refreshes marked.
 * :func:`plot_q_telemetry` — Figure 4: reconstruction error per boundary next to clip
   fraction and response length.
+* :func:`plot_bytes_per_step` — the byte ledger: bytes per step by path and arm, with the
+  ratio against dense-equivalent.
 
 The functions assume their metrics are present; :mod:`verl_commeff.report.builder`
 checks that first and names what is missing.
@@ -14,7 +16,7 @@ checks that first and names what is missing.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import matplotlib
 
@@ -27,7 +29,11 @@ from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from verl_commeff.report import names  # noqa: E402
 
-__all__ = ["arm_colors", "counter_increase_steps", "plot_collapse_mechanism", "plot_q_telemetry", "plot_val_accuracy", "recon_err_columns"]
+if TYPE_CHECKING:
+    from verl_commeff.report.ledger import ArmBytes
+
+__all__ = ["arm_colors", "counter_increase_steps", "plot_bytes_per_step", "plot_collapse_mechanism", "plot_q_telemetry",
+           "plot_val_accuracy", "recon_err_columns"]
 
 FIRE_TICK = (0.0, 0.07)  # anchor fires: ticks along the bottom edge (axes fraction)
 Q_TICK = (0.93, 1.0)  # Q refreshes: ticks along the top edge
@@ -207,5 +213,56 @@ def plot_q_telemetry(runs: dict[str, pd.DataFrame], colors: dict[str, str], path
     clip_ax.legend(handles=clip_ax.get_legend_handles_labels()[0] + event_legend_handles()[1:], fontsize=8, loc="upper left")
     length_ax.set_xlabel("training step")
     fig.suptitle("Q telemetry: codec reconstruction error vs clip fraction and response length")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_bytes_per_step(arms: dict[str, "ArmBytes"], colors: dict[str, str], path: Path) -> Path:
+    """Mean bytes per training step by path, grouped by arm (log scale), and the ratio against dense.
+
+    Left: one group per ledger path (and the total), one bar per arm; a black tick over a
+    bar marks that path's dense-equivalent bytes (what dense training sends there), none for
+    the paths only the method has. Right: total sent / total dense-equivalent per arm.
+
+    Args:
+        arms: arm → its :class:`~verl_commeff.report.ledger.ArmBytes` (arms that log bytes).
+        colors: arm → colour.
+        path: the PNG to write.
+    """
+    from verl_commeff.ledger import PATHS
+
+    paths = [p for p in PATHS if any(p in a.sent for a in arms.values())] + ["total"]
+    fig, (ax, ratio_ax) = plt.subplots(1, 2, figsize=(max(9.0, 1.3 * len(paths) + 4.5), 5),
+                                       gridspec_kw={"width_ratios": [max(3, len(paths)), 1.4]})
+    width = 0.8 / len(arms)
+    for i, (arm, ledger) in enumerate(arms.items()):
+        sent = {**ledger.sent, "total": ledger.total_sent}
+        dense = {**ledger.dense_equiv, "total": ledger.total_dense}
+        xs = [j + (i - (len(arms) - 1) / 2) * width for j, p in enumerate(paths)]
+        values = [sent.get(p, 0.0) for p in paths]
+        ax.bar(xs, [v if v > 0 else float("nan") for v in values], width, color=colors[arm], label=arm)
+        for x, p in zip(xs, paths):
+            if dense.get(p, 0.0) > 0:
+                ax.hlines(dense[p], x - width / 2, x + width / 2, colors="black", linewidth=2)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(paths)))
+    ax.set_xticklabels(paths, rotation=30, ha="right", fontsize=9)
+    ax.set_ylabel("bytes per step (mean over steps, per rank)")
+    ax.set_title("Bytes per step by path (black tick: dense-equivalent)")
+    ax.grid(alpha=0.3, axis="y")
+    handles, _ = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], color="black", linewidth=2, label="dense-equivalent"))
+    ax.legend(handles=handles, fontsize=8, loc="best")
+    names_ = list(arms)
+    ratios = [arms[a].ratio for a in names_]
+    ratio_ax.bar(range(len(names_)), ratios, color=[colors[a] for a in names_])
+    for j, r in enumerate(ratios):
+        ratio_ax.annotate("n/a" if r != r else f"{r:.3g}", (j, 0 if r != r else r), textcoords="offset points",
+                          xytext=(0, 3), ha="center", fontsize=8)
+    ratio_ax.axhline(1.0, color="0.35", linestyle="--", linewidth=1)
+    ratio_ax.set_xticks(range(len(names_)))
+    ratio_ax.set_xticklabels(names_, rotation=30, ha="right", fontsize=9)
+    ratio_ax.set_title("sent / dense-equivalent")
+    ratio_ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return save(fig, path)

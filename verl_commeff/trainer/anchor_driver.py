@@ -12,7 +12,9 @@ At the start of every global step's actor update the driver
    futures to the actor ranks, which wait for them (``sync=strict``) or poll them
    (``sync=free``) at their fire ticks;
 
-and after the update it releases the fires the actor has consumed.
+and after the update it releases the fires the actor has consumed. The replayed
+mini-batches' bytes (the tensors handed to the anchor group) are the ledger's
+``anchor_minibatch`` path (:mod:`verl_commeff.ledger`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Optional, Sequence
 
+from verl_commeff.ledger import path_metrics, payload_bytes
 from verl_commeff.replay_ring import ReplayRing
 from verl_commeff.schedule import FireSchedule
 
@@ -85,6 +88,12 @@ class AnchorDriver:
         self.snapshots_taken = 0
         self._submit_s = 0.0
         self._futures: dict[int, Sequence[Any]] = {}  # fire tick -> futures, until the actor has taken it
+        self._minibatch_bytes = 0  # this step, per anchor rank
+
+    def _submit_fire(self, job) -> Sequence[Any]:
+        # every anchor rank receives the whole global mini-batch (and takes its share)
+        self._minibatch_bytes += payload_bytes(job.batch)
+        return self._submit(job.fire_tick, job.source_tick, job.batch, job.snapshot)
 
     def _snapshot(self) -> Any:
         self.snapshots_taken += 1
@@ -99,7 +108,7 @@ class AnchorDriver:
         start = time.perf_counter()
         jobs = self.ring.add_step(step, minibatches, self._snapshot)
         for job in jobs:
-            futures = self._submit(job.fire_tick, job.source_tick, job.batch, job.snapshot)
+            futures = self._submit_fire(job)
             self._offer(job.fire_tick, futures)
             self._futures[job.fire_tick] = futures
             self.fires_submitted += 1
@@ -131,14 +140,14 @@ class AnchorDriver:
         for job in self.ring.pending_jobs():
             futures = ready.get(job.fire_tick)
             if futures is None:
-                futures = self._submit(job.fire_tick, job.source_tick, job.batch, job.snapshot)
+                futures = self._submit_fire(job)
                 resubmitted.append(job.fire_tick)
             self._offer(job.fire_tick, futures)
             self._futures[job.fire_tick] = futures
         return resubmitted
 
     def metrics(self) -> dict[str, float]:
-        """Driver-side ``commeff/anchor/*`` metrics of this step."""
+        """Driver-side ``commeff/anchor/*`` metrics and the mini-batch path of the byte ledger, this step."""
         out = {
             "commeff/anchor/fires": float(self.fires_submitted),
             "commeff/anchor/snapshots": float(self.snapshots_taken),
@@ -146,7 +155,9 @@ class AnchorDriver:
             "commeff/anchor/ring_snapshots": float(self.ring.num_snapshots),
             "commeff/anchor/submit_s": self._submit_s,
         }
+        out.update(path_metrics("anchor_minibatch", self._minibatch_bytes, 0))
         self._submit_s = 0.0
+        self._minibatch_bytes = 0
         return out
 
     def state_dict(self) -> dict[str, Any]:

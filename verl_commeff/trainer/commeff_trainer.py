@@ -10,7 +10,9 @@
   resource pool (``placement=separate``) or on the actor's (``colocated``);
 - at every actor update, the :class:`~verl_commeff.trainer.anchor_driver.AnchorDriver`
   submits the fires whose mini-batch is in this step and hands their futures to the actor;
-- ``actor/commeff/*`` worker metrics are logged as ``commeff/*``;
+- ``actor/commeff/*`` worker metrics are logged as ``commeff/*``, with the driver's
+  ``commeff/anchor/*`` and the byte ledger's totals over every path
+  (:mod:`verl_commeff.ledger`);
 - ``trainer.v1.sampler.sampler_kwargs.poll_interval`` sets the replay buffer's poll interval
   (verl's is a fixed 2 s per step);
 - on a CPU-only Ray cluster the resource check counts CPUs (verl's counts GPUs only);
@@ -37,6 +39,7 @@ from verl_commeff.clock import ticks_per_step
 # A module reference, not its names: ``import verl_commeff.config`` as a process's first import
 # loads verl, whose plugin imports this module while the config module is still executing.
 import verl_commeff.config as commeff_config
+from verl_commeff.ledger import ledger_totals
 from verl_commeff.schedule import FireSchedule
 from verl_commeff.trainer.anchor_driver import AnchorDriver, tick_minibatches
 from verl_commeff.trainer.reproducible import ReproducibleBatchesMixin
@@ -223,6 +226,7 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
             self.anchor_driver.after_update(self._commeff_step * self.commeff_ticks_per_step)
             metrics.update(self.anchor_driver.metrics())
             self._check_anchor(metrics)
+        metrics.update(ledger_totals(metrics))  # the actor's paths (mean over ranks) and the driver's
         return out
 
     # ---- checkpointing -----------------------------------------------------------------

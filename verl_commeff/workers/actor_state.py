@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from verl_commeff.clock import TickClock
+from verl_commeff.ledger import ledger_totals, path_metrics
 from verl_commeff.mergers import build_merger
 from verl_commeff.mergers.base import HeldSignal
 from verl_commeff.schedule import FireSchedule
@@ -106,18 +107,25 @@ class AnchorResult:
 
         return dataclasses.replace(self, m_bar=m_bar, sketch=move(self.sketch), q_fingerprint=move(self.q_fingerprint))
 
-    def wire_bytes(self) -> int:
-        """Bytes this result carries to one actor rank (M̄ shards or sign bits, and the sketch)."""
+    def m_bar_bytes(self) -> tuple[int, int]:
+        """(sent, fp32-shard equivalent) bytes of the held M̄ this result carries to one actor rank.
+
+        Sent: the tensors themselves (fp32 shards, or the packed sign bits). The second
+        number is what the same M̄ costs as fp32 shards (equal to sent for shards transport).
+        """
+        from verl_commeff.ledger import payload_bytes
         from verl_commeff.mergers.sign_bits import PackedSigns
 
-        if self.m_bar is None:
-            held = []
-        else:
-            held = self.m_bar.bits if isinstance(self.m_bar, PackedSigns) else self.m_bar
-        total = sum(t.numel() * t.element_size() for t in held)
-        if self.sketch is not None:
-            total += self.sketch.numel() * self.sketch.element_size()
-        return total
+        sent = payload_bytes(self.m_bar)
+        if isinstance(self.m_bar, PackedSigns):
+            return sent, sum(shape.numel() for shape in self.m_bar.shapes) * 4
+        return sent, sent
+
+    def sketch_bytes(self) -> int:
+        """Bytes of the Q sketch this result carries (0 without one)."""
+        from verl_commeff.ledger import payload_bytes
+
+        return payload_bytes(self.sketch)
 
 
 class PendingResult(Protocol):
@@ -220,7 +228,8 @@ class CommEffActorState:
         self._fires_used = 0
         self._age_sum = 0
         self._age_n = 0
-        self._anchor_bytes = 0  # this step
+        self._bytes = {"anchor_m_bar": 0, "anchor_sketch": 0, "anchor_snapshot": 0}  # this step, sent
+        self._m_bar_shard_bytes = 0  # this step: what the M̄ results would cost as fp32 shards
         self._anchor_backwards = 0
         self._rejected_fires = 0
         self._failed_fires = 0  # fires that never delivered (sync=free continues without them)
@@ -340,7 +349,10 @@ class CommEffActorState:
             self._fires_used += 1
             self._age_sum += tick - result.source_tick
             self._age_n += 1
-            self._anchor_bytes += result.wire_bytes()
+            sent, as_shards = result.m_bar_bytes()
+            self._bytes["anchor_m_bar"] += sent
+            self._m_bar_shard_bytes += as_shards
+            self._bytes["anchor_sketch"] += result.sketch_bytes()
             self._anchor_backwards += result.backwards
             self._ema_updates = result.ema_updates
             self._track_q_gap(result)
@@ -362,6 +374,14 @@ class CommEffActorState:
         self._q_gap = gap if self._q_gap is None else torch.maximum(self._q_gap, gap)
 
     # ---- telemetry ---------------------------------------------------------------------
+    def record_snapshot(self, shards: Sequence[torch.Tensor]) -> int:
+        """Count a generator-weight snapshot this rank handed to the anchor; returns its bytes."""
+        from verl_commeff.ledger import payload_bytes
+
+        num_bytes = payload_bytes(list(shards))
+        self._bytes["anchor_snapshot"] += num_bytes
+        return num_bytes
+
     def metrics(self) -> dict[str, float]:
         """This step's ``commeff/*`` metrics (one host sync per step)."""
         out = dict(self.merger.metrics())
@@ -372,7 +392,10 @@ class CommEffActorState:
         out["commeff/anchor/fires_used"] = float(self._fires_used)
         out["commeff/anchor/backwards"] = float(self._anchor_backwards)
         out["commeff/anchor/rejected_fires"] = float(self._rejected_fires)
-        out["commeff/bytes/anchor_sent"] = float(self._anchor_bytes)
+        if self.cfg.anchor.enable:  # the anchor's paths: dense training has none of them
+            for path, sent in self._bytes.items():
+                out.update(path_metrics(path, sent, 0))
+            out["commeff/bytes/anchor_m_bar/as_shards"] = float(self._m_bar_shard_bytes)
         if self.dp_codec is not None:
             out.update(self.dp_codec.ledger.metrics())
             self.dp_codec.ledger.reset()
@@ -383,10 +406,10 @@ class CommEffActorState:
             out["commeff/anchor/q_gap"] = float(self._q_gap)
         if self._age_n:
             out["commeff/anchor/age"] = self._age_sum / self._age_n
-        if out.get("commeff/bytes/codec_dense"):
-            sent = sum(out.get(f"commeff/bytes/{path}_sent", 0.0) for path in ("codec", "q_bcast", "anchor"))
-            out["commeff/bytes/ratio"] = sent / out["commeff/bytes/codec_dense"]
-        self._wait_s, self._age_sum, self._age_n, self._anchor_bytes, self._q_gap = 0.0, 0, 0, 0, None
+        out.update(ledger_totals(out))  # this rank's paths; the trainer recomputes with the driver's
+        self._wait_s, self._age_sum, self._age_n, self._q_gap = 0.0, 0, 0, None
+        self._bytes = dict.fromkeys(self._bytes, 0)
+        self._m_bar_shard_bytes = 0
         return out
 
     # ---- checkpointing -----------------------------------------------------------------

@@ -59,12 +59,16 @@ class CommEffActorRolloutRefWorker(ActorRolloutRefWorker):
 
         Called by the trainer at the start of a step whose mini-batches the replay ring keeps
         (before ``update_actor``), so the snapshot is the weights the rollout sampled with.
+        Its bytes (the tensors put in the object store) are counted in this step's
+        ``commeff/bytes/anchor_snapshot/sent``.
         """
         import ray
 
         from verl_commeff.workers.weight_shards import export_local_shards
 
-        return ray.put(export_local_shards(self.actor.engine.module))
+        shards = export_local_shards(self.actor.engine.module)
+        self.actor.engine.commeff.record_snapshot(shards)
+        return ray.put(shards)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def commeff_newest_basis(self):
