@@ -3,7 +3,11 @@
 The warm-started tiny policy solves part of the generated problems but often answers in prose,
 which verl's strict GSM8K reward scores 0 (``verl_commeff/presets/warm_start.py``); GRPO learns
 the ``#### n`` format (and some arithmetic) within ten steps. The assertions compare the mean
-training reward of the first and the last steps of each run (16 prompts x 8 responses per step).
+training reward of the first and the last steps of each run (16 prompts x 8 responses per step:
+a 3-step mean has a standard error of about 0.02, so a gain of 0.1 is well clear of noise).
+The comm-eff arm is the session's ``commeff_run`` with the freshest anchor (K=0, cadence 1); with a
+stale one (K=5) signed_ema does not learn on this preset (docs/tiny_study.md), a published result,
+not something this test hides: a test of learning at K=5 would assert the opposite.
 
 Sensitivity: ``signed_ema_flipped`` (tests/e2e/flipped_merger.py) is signed_ema fed −M̄, i.e. a
 merger that takes the wrong sign. It must learn measurably worse than the real merger under the
@@ -19,7 +23,7 @@ from tests.e2e.conftest import CADENCE, K, STEPS
 from tests.e2e.harness import ROOT, records, recipe_env, run, train_scores
 
 WINDOW = 3  # steps averaged at each end of a run
-MIN_GAIN = 0.12  # training reward gain (absolute) a learning run must show between the ends
+MIN_GAIN = 0.1  # training reward gain (absolute) a learning run must show between the ends
 
 
 def gain(scores: list[float]) -> float:

@@ -1,6 +1,6 @@
 """Reruns and resumes reproduce: the tiny CPU recipe with the same seed logs the same metrics, bit for bit.
 
-The reference is the session's ``commeff_run`` (comm-eff recipe, K=2, cadence 2, STEPS steps,
+The reference is the session's ``commeff_run`` (comm-eff recipe, K=0, cadence 1, STEPS steps,
 validation every TEST_FREQ). A second run of the same command stops after step STOP with a
 checkpoint and must log, step for step, what the reference logged; resumed from that
 checkpoint to STEPS it must again log what the reference logged (anchor fires, merged

@@ -19,6 +19,7 @@ from tests.e2e.harness import ROOT, recipe_env, run
 from tests.e2e.harness import records as read_records
 from verl_commeff.schedule import FireSchedule
 
+DEAD_K, DEAD_CADENCE = 2, 2  # the dead-anchor case: a fire every other tick, some of them in flight at the death
 BACKWARDS_PER_FIRE = 2  # cpu_tiny: a mini-batch of 8 prompts × n=8 = 64 samples in micro-batches of 32
 
 # every commeff/ metric a step with a fire must log (SPEC §6)
@@ -111,7 +112,8 @@ def test_drop_in_on_verls_main_ppo(tmp_path, learnable_preset):
 def test_free_sync_survives_a_dead_anchor_and_restarts_it(tmp_path, learnable_preset):
     """sync=free: the anchor process exits at fire 6 (test-only fault hook); the run goes on to the end,
     counts the failed fire, rebuilds the anchor group once, and the new group delivers fires again."""
-    env = recipe_env(tmp_path, learnable_preset, "dead_anchor", STEPS=5, TEST_FREQ=-1, K=K, CADENCE=CADENCE, SYNC="free",
+    env = recipe_env(tmp_path, learnable_preset, "dead_anchor", STEPS=5, TEST_FREQ=-1, K=DEAD_K, CADENCE=DEAD_CADENCE,
+                     SYNC="free",
                      COMMEFF_TEST_ANCHOR_FAULT="exit@6", COMMEFF_TEST_ANCHOR_FAULT_GROUP="commeff_anchor")
     run(["bash", "recipes/gsm8k_grpo_commeff.sh", "trainer.val_before_train=False",
           "trainer.default_local_dir=" + str(tmp_path / "ckpt")], env, tmp_path, "dead_anchor")
@@ -123,5 +125,5 @@ def test_free_sync_survives_a_dead_anchor_and_restarts_it(tmp_path, learnable_pr
     assert records[first - 1]["commeff/anchor/failed_fires"] == 0
     # the restarted group ran fires and the actor used them: a new EMA, on the actor's Q
     assert records[5]["commeff/anchor/backwards"] > records[first]["commeff/anchor/backwards"]
-    assert records[5]["commeff/anchor/ema_updates"] < FireSchedule(K, CADENCE, TICKS_PER_STEP).fires_through(10)
+    assert records[5]["commeff/anchor/ema_updates"] < FireSchedule(DEAD_K, DEAD_CADENCE, TICKS_PER_STEP).fires_through(10)
     assert all(records[s]["commeff/anchor/q_gap"] < Q_GAP_TOL for s in records if "commeff/anchor/q_gap" in records[s])
