@@ -264,3 +264,52 @@ def test_anchor_paths_of_the_byte_ledger_count_the_handed_over_tensors(transport
         metrics["commeff/bytes/total/sent"] / metrics["commeff/bytes/codec/dense_equiv"])
     again = state.metrics()  # per step: reset
     assert all(again[f"commeff/bytes/{p}/sent"] == 0 for p in ("anchor_snapshot", "anchor_m_bar", "anchor_sketch"))
+
+
+class _LatePending:
+    """A pending result that finishes only when the test says so."""
+
+    def __init__(self, result):
+        self.fire_tick, self.result, self.ready = result.fire_tick, result, False
+
+    def get(self, timeout):
+        return self.result if self.ready else None
+
+
+def test_free_sync_never_goes_back_to_an_older_fire_and_counts_the_dropped_one():
+    state, model = make_state(sync="free", delay_k=0, cadence=1)
+    late = _LatePending(AnchorResult(1, 1, anchor_signal(state, 1), backwards=2))
+    state.offer(late)
+    state.offer(ReadyResult(AnchorResult(2, 2, anchor_signal(state, 2), backwards=2)))
+    for seed in (1, 2):  # tick 1: fire 1 not finished (cold); tick 2: fire 2 is held
+        _, grads, _ = train_tick(state, model, seed)
+        state.before_optimizer_step(grads)
+    assert state.merger.produced_tick == 2
+    late.ready = True  # fire 1 finishes after fire 2 was taken
+    _, grads, _ = train_tick(state, model, 3)
+    state.before_optimizer_step(grads)
+    assert state.merger.produced_tick == 2  # still the newer fire (it used to fall back to fire 1)
+    metrics = state.metrics()
+    assert metrics["commeff/anchor/dropped_fires"] == 1 and metrics["commeff/anchor/fires_used"] == 1
+    assert metrics["commeff/anchor/backwards"] == 4  # the dropped fire ran and arrived: its work is counted
+
+
+def test_free_sync_keeps_the_sketch_of_a_superseded_fire():
+    """Fires 1 (with a sketch) and 2 (without) finish together: fire 2 is held, fire 1's sketch still refreshes Q."""
+    state, model = make_state(sync="free", q_source="anchor", delay_k=0, cadence=1)
+    sketch = torch.randn(1, HIDDEN, 8, generator=torch.Generator().manual_seed(5))  # (B=1, H, r)
+    first = _LatePending(AnchorResult(1, 1, anchor_signal(state, 1), sketch=sketch))
+    state.offer(first)
+    state.offer(_LatePending(AnchorResult(2, 2, anchor_signal(state, 2))))
+    _, grads, _ = train_tick(state, model, 1)
+    state.before_optimizer_step(grads)  # tick 1: nothing finished
+    first.ready = state._inbox[2].ready = True
+    _, grads, _ = train_tick(state, model, 2)
+    state.before_optimizer_step(grads)
+    assert state.merger.produced_tick == 2
+    staged = state.codec.state_dict()["staged"]
+    assert staged is not None  # before: fire 2 carried no sketch and fire 1's was dropped, Q never moved
+    q, r = torch.linalg.qr(sketch[0])
+    q = q * torch.where(torch.diagonal(r) >= 0, 1.0, -1.0)  # orth() fixes column signs: diag(R) >= 0
+    torch.testing.assert_close(staged[0], q, rtol=1e-5, atol=1e-5)
+    assert state.metrics()["commeff/anchor/dropped_fires"] == 1

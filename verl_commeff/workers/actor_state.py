@@ -233,6 +233,8 @@ class CommEffActorState:
         self._anchor_backwards = 0
         self._rejected_fires = 0
         self._failed_fires = 0  # fires that never delivered (sync=free continues without them)
+        self._dropped_fires = 0  # sync=free: finished fires never held (superseded, or older than the held M̄)
+        self._last_sketch_fire = 0  # the fire whose sketch last refreshed Q
         self._ema_updates = 0  # of the newest result taken
         self._q_gap: Optional[torch.Tensor] = None  # max |anchor Q − actor Q| fingerprint gap this step
 
@@ -263,26 +265,59 @@ class CommEffActorState:
             raise ValueError(f"anchor result for tick {pending.fire_tick}, which is not a fire tick")
         self._inbox[pending.fire_tick] = pending
 
-    def _take_result(self, tick: int) -> Optional[AnchorResult]:
-        """The anchor result to hold at ``tick`` per ``anchor.sync`` (None: keep the held one)."""
+    def _take_result(self, tick: int) -> tuple[Optional[AnchorResult], Optional[AnchorResult]]:
+        """(the anchor result to hold at ``tick``, the result whose sketch refreshes Q), per ``anchor.sync``.
+
+        None: keep the held M̄ (resp. Q). Strict: fire ``tick`` for both. Free: the newest finished
+        fire that is due and newer than the held one; the other finished fires (superseded, or late
+        and older than the held M̄) are dropped and counted, and the newest sketch among all of them
+        still refreshes Q if it is newer than the last one used (a dropped fire's sketch is not lost).
+        """
         if self.cfg.anchor.sync == "strict":
             if not self.schedule.fires_at(tick):
-                return None
+                return None, None
             pending = self._inbox.pop(tick, None)
             if pending is None:
                 raise RuntimeError(
                     f"sync=strict: no anchor job was submitted for fire tick {tick} "
                     f"(inbox: {sorted(self._inbox)}); the trainer must submit fires at the start of their source step"
                 )
-            return self._wait_strict(pending, tick)
-        # sync=free: the newest finished fire that is due; older finished ones are dropped.
-        newest = None
+            result = self._wait_strict(pending, tick)
+            return result, result
+        finished = []
         for fire in sorted(t for t in self._inbox if t <= tick):
             result = self._poll_free(fire)
             if result is not None:
                 del self._inbox[fire]
-                newest = result
-        return newest
+                finished.append(result)
+        held = self.merger.produced_tick or 0
+        usable = [r for r in finished if not r.rejected and r.fire_tick > held]
+        newest = usable[-1] if usable else None
+        for r in finished:
+            if r.rejected:
+                self._count_rejected(r)
+            elif r is not newest:  # it ran and arrived, but a newer M̄ is held or taken: never go back
+                self._dropped_fires += 1
+                self._count_received(r)
+        sketches = [r for r in finished if not r.rejected and r.sketch is not None
+                    and r.fire_tick > self._last_sketch_fire]
+        return newest, (sketches[-1] if sketches else None)
+
+    def _count_received(self, result: AnchorResult) -> None:
+        """A result that reached this rank (held or dropped): its bytes and the anchor's backward passes."""
+        sent, as_shards = result.m_bar_bytes()
+        self._bytes["anchor_m_bar"] += sent
+        self._m_bar_shard_bytes += as_shards
+        self._bytes["anchor_sketch"] += result.sketch_bytes()
+        self._anchor_backwards += result.backwards
+
+    def _count_rejected(self, result: AnchorResult) -> None:
+        """A fire the anchor rejected (non-finite M or sketch): counted, logged once; the held M̄ and Q stay."""
+        self._rejected_fires += 1
+        self._anchor_backwards += result.backwards
+        (logger.warning if self._rejected_fires == 1 else logger.debug)(
+            "commeff: the anchor rejected fire %d (non-finite M or sketch); the actor keeps its held M̄ "
+            "(counted in commeff/anchor/rejected_fires)", result.fire_tick)
 
     def _wait_strict(self, pending: PendingResult, tick: int) -> AnchorResult:
         """sync=strict: wait for fire ``tick``, logging every ``wait_log_s``; fail after ``wait_timeout_s``."""
@@ -335,33 +370,27 @@ class CommEffActorState:
 
             exchange_module_grads_(self.dp_codec, self._model.named_parameters(), self._dp_targets, self.dp_groups)
         # Step 1: the anchor result due at this tick becomes the held M̄ (and maybe Q's sketch).
-        result = self._take_result(tick) if self.cfg.anchor.enable else None
-        if result is not None and result.rejected:  # non-finite on the anchor: keep the held M̄ and Q
-            self._rejected_fires += 1
-            self._anchor_backwards += result.backwards
-            (logger.warning if self._rejected_fires == 1 else logger.debug)(
-                "commeff: the anchor rejected fire %d (non-finite M or sketch); the actor keeps its held M̄ "
-                "(counted in commeff/anchor/rejected_fires)", result.fire_tick)
-            result = None
+        result, sketch_of = self._take_result(tick) if self.cfg.anchor.enable else (None, None)
+        if result is not None and result.rejected:  # non-finite on the anchor (strict): keep the held M̄ and Q
+            self._count_rejected(result)
+            result = sketch_of = None
         if result is not None:
             self.merger.hold(result.m_bar, produced_tick=result.fire_tick, source_tick=result.source_tick,
                              fingerprints=result.fingerprints)
             self._fires_used += 1
             self._age_sum += tick - result.source_tick
             self._age_n += 1
-            sent, as_shards = result.m_bar_bytes()
-            self._bytes["anchor_m_bar"] += sent
-            self._m_bar_shard_bytes += as_shards
-            self._bytes["anchor_sketch"] += result.sketch_bytes()
-            self._anchor_backwards += result.backwards
+            self._count_received(result)
             self._ema_updates = result.ema_updates
             self._track_q_gap(result)
         # Step 2: stage a refreshed Q when due (live at the next step boundary).
-        if self.codec is not None and self.schedule.q_refresh_at(tick):
+        if self.codec is not None:
             if self.cfg.codec.q_source == "fast":
-                self.codec.refresh()
-            elif result is not None and result.sketch is not None:
-                self.codec.refresh(result.sketch, reduce=False)
+                if self.schedule.q_refresh_at(tick):
+                    self.codec.refresh()
+            elif sketch_of is not None and sketch_of.sketch is not None:  # strict: only at Q-refresh fires
+                self.codec.refresh(sketch_of.sketch, reduce=False)
+                self._last_sketch_fire = sketch_of.fire_tick
         # Step 3: merge.
         self.merger.apply_(grads, tick)
 
@@ -400,6 +429,7 @@ class CommEffActorState:
             out.update(self.dp_codec.ledger.metrics())
             self.dp_codec.ledger.reset()
         out["commeff/anchor/failed_fires"] = float(self._failed_fires)
+        out["commeff/anchor/dropped_fires"] = float(self._dropped_fires)
         if self._ema_updates:
             out["commeff/anchor/ema_updates"] = float(self._ema_updates)
         if self._q_gap is not None:
@@ -424,6 +454,8 @@ class CommEffActorState:
             "dp_codec": None if self.dp_codec is None else self.dp_codec.state_dict(),
             "rejected_fires": self._rejected_fires,
             "failed_fires": self._failed_fires,
+            "dropped_fires": self._dropped_fires,
+            "last_sketch_fire": self._last_sketch_fire,
             "ema_updates": self._ema_updates,
         }
 
@@ -442,4 +474,6 @@ class CommEffActorState:
             self.dp_codec.load_state_dict(state["dp_codec"])
         self._rejected_fires = state.get("rejected_fires", 0)
         self._failed_fires = state.get("failed_fires", 0)
+        self._dropped_fires = state.get("dropped_fires", 0)
+        self._last_sketch_fire = state.get("last_sketch_fire", 0)
         self._ema_updates = state.get("ema_updates", 0)
