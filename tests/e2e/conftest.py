@@ -1,5 +1,8 @@
 """Session fixtures of the e2e tests: the shared learnable preset and the runs several tests read."""
 
+import os
+from pathlib import Path
+
 import pytest
 
 from tests.e2e.harness import ROOT, build_preset, records, recipe_env, run
@@ -13,7 +16,10 @@ STEPS, TEST_FREQ, K, CADENCE, TICKS_PER_STEP = 10, 5, 0, 1, 2
 
 @pytest.fixture(scope="session")
 def learnable_preset(tmp_path_factory):
-    return build_preset(tmp_path_factory.mktemp("learnable_preset"))
+    """Built once per session; COMMEFF_E2E_PRESET_DIR reuses a directory across sessions (the builder is a
+    no-op when its settings stamp matches, so a rerun of one e2e test skips the warm start)."""
+    reuse = os.environ.get("COMMEFF_E2E_PRESET_DIR")
+    return build_preset(Path(reuse) if reuse else tmp_path_factory.mktemp("learnable_preset"))
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,8 @@ class FlippedSignedEMAMerger(SignedEMAMerger):
 
     name = "signed_ema_flipped"
 
-    def hold(self, m_bar, produced_tick, source_tick):
+    def hold(self, m_bar, produced_tick, source_tick, fingerprints=None):
         if isinstance(m_bar, PackedSigns):
             raise ValueError("signed_ema_flipped needs commeff.anchor.transport=shards")
-        super().hold([-m for m in m_bar], produced_tick, source_tick)
+        # the anchor's fingerprints are of the M̄ it sent, not of its negation: leave this one unchecked
+        super().hold([-m for m in m_bar], produced_tick, source_tick, fingerprints=None)
