@@ -86,6 +86,17 @@ def save(fig, path: Path) -> Path:
     return path
 
 
+def save_step_plot(fig, ax, ylabel: str, title: str, path: Path) -> Path:
+    """Label a one-panel per-step figure (x: training step), add grid and legend, and write it."""
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)
+
+
 def plot_val_accuracy(
     validation: dict[str, pd.Series], colors: dict[str, str], floor: float, noise: float, path: Path
 ) -> Path:
@@ -106,13 +117,8 @@ def plot_val_accuracy(
         ax.annotate(f"{values[-1]:.3f}", (steps[-1], values[-1]), textcoords="offset points", xytext=(6, 0),
                     va="center", fontsize=8, color=colors[arm])
     ax.axhline(floor, color="0.35", linestyle="--", linewidth=1, label=f"no-merger floor {floor:.4f}")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title(f"Validation accuracy vs step (shaded: ±{noise:g} rollout noise)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=9)
-    fig.tight_layout()
-    return save(fig, path)
+    return save_step_plot(fig, ax, "validation accuracy", f"Validation accuracy vs step (shaded: ±{noise:g} rollout noise)",
+                          path)
 
 
 def plot_train_reward(runs: dict[str, pd.DataFrame], colors: dict[str, str], path: Path, window: int = 5) -> Path:
@@ -130,13 +136,8 @@ def plot_train_reward(runs: dict[str, pd.DataFrame], colors: dict[str, str], pat
         smooth = series.rolling(window, center=True, min_periods=1).mean()
         ax.plot(series.index, series.to_numpy(), color=colors[arm], alpha=0.3, linewidth=0.8)
         ax.plot(smooth.index, smooth.to_numpy(), color=colors[arm], linewidth=1.8, label=arm)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("training reward (mean score of the step's rollouts)")
-    ax.set_title(f"Training reward vs step (thick: {window}-step rolling mean)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=9)
-    fig.tight_layout()
-    return save(fig, path)
+    return save_step_plot(fig, ax, "training reward (mean score of the step's rollouts)",
+                          f"Training reward vs step (thick: {window}-step rolling mean)", path)
 
 
 def plot_collapse_mechanism(
