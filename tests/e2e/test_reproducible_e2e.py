@@ -16,7 +16,8 @@ from tests.e2e.conftest import CADENCE, K, STEPS, TEST_FREQ
 from tests.e2e.harness import records, recipe_env, run
 
 STOP = 4  # the stopped run's last step (a checkpoint); the resumed run continues to STEPS
-ROLLOUT_LOGPROB_DIAGNOSTICS = ("training/rollout_probs_diff_", "rollout_corr/")
+# rollout-vs-actor log-prob diagnostics: training/rollout_probs_diff_*, training/rollout_actor_probs_pearson_corr, ...
+ROLLOUT_LOGPROB_DIAGNOSTICS = ("training/rollout_", "rollout_corr/")
 
 
 def is_compared(key: str) -> bool:
