@@ -91,7 +91,8 @@ def test_colocated_anchor_builds_in_the_actors_bundles_survives_death_and_restar
 
     # fire 1: the anchor runs and the actor merges it; both started from the same (bootstrap) Q
     m = fire(anchor, 1)
-    assert m["commeff/anchor/fires_used"] == [1.0] and m["commeff/anchor/backwards"] == [1.0]
+    # backward passes are counted per micro-batch: make_ppo_batch's 4 samples in micro-batches of 1
+    assert m["commeff/anchor/fires_used"] == [1.0] and m["commeff/anchor/backwards"] == [4.0]
     assert m["commeff/anchor/q_gap"] == [0.0] and m["commeff/anchor/ema_updates"] == [1.0]
 
     # fire 2: the anchor process exits; sync=free keeps merging with fire 1's M̄, its age now 1
