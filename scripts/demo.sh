@@ -25,7 +25,7 @@ export VERL_FILE_LOGGER_ROOT="$OUT/logs" PRESET=cpu_tiny PRESET_DIR="$OUT/tiny_p
 export TOKENIZERS_PARALLELISM=false PROJECT=demo
 mkdir -p "$OUT"
 start=$(date +%s)
-echo "[demo] 0/3 tiny preset in $PRESET_DIR (first run: build + warm start, ~2-3 min; later runs reuse it)"
+echo "[demo] 0/3 tiny preset in $PRESET_DIR (first run: build + warm start, ~30 s on an idle machine; later runs reuse it)"
 python -m verl_commeff.presets --out "$PRESET_DIR"
 rm -f "$OUT/logs/demo/dense.jsonl" "$OUT/logs/demo/commeff_k5_c5.jsonl"  # verl's file logger appends
 
