@@ -78,7 +78,7 @@ class RowLayout:
         """The layout of ``tensor``: its DTensor mesh and placements; a plain tensor is whole (one rank)."""
         if isinstance(tensor, DTensor):
             return cls(tuple(tensor.device_mesh.shape), tuple(tensor.placements))
-        return cls((1,), (Replicate(),))
+        return cls((1,), (Shard(0),))
 
     def rows(self, global_shape: Sequence[int], rank: int) -> tuple[int, int]:
         """(first row, row count) of ``rank``'s local shard of a parameter of ``global_shape``."""
