@@ -13,7 +13,7 @@ import torch
 
 from tests.anchor.test_anchor_worker import _dense_reference, _minibatch
 from tests.verl_harness import compose_ppo_config, make_ppo_batch
-from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig
+from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
 
 WORLD = 2
 
@@ -50,7 +50,8 @@ def test_separate_anchor_group_returns_the_dense_gradient_and_the_actor_merges_i
 
     config = compose_ppo_config(tiny_model_dir, "fsdp2", micro_batch=1).actor_rollout_ref
     cfg = CommEffConfig(codec=CodecConfig(q_source="fast", rank=16, pp_size=2),
-                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0))
+                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0),
+                        merger=MergerConfig(checksum_every=1))  # the cross-rank check runs at tick 1
     actor = _group(CommEffActorRolloutRefWorker, config, "actor")
     anchor = _group(AnchorWorker, config, "anchor", anchor_world)  # placement=separate: its own resource pool
     actor.init_model()
@@ -93,3 +94,5 @@ def test_separate_anchor_group_returns_the_dense_gradient_and_the_actor_merges_i
     assert metrics["commeff/merger/merged_ticks"] == [1.0, 1.0]  # both ranks merged at tick 1
     assert metrics["commeff/anchor/fires_used"] == [1.0, 1.0]
     assert metrics["commeff/anchor/age"] == [0.0, 0.0]  # K = 0
+    # every rank's held M̄ matched the anchor's fingerprint of its shard (a mismatch raises in metrics())
+    assert metrics["commeff/merger/inputs_identical"] == [1.0, 1.0]

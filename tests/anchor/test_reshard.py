@@ -160,3 +160,31 @@ def test_two_anchor_ranks_exchange_the_rows_an_owner_lacks():
         for r in range(actor_world):
             for t, g in zip(full, routed[r]):
                 torch.testing.assert_close(torch.from_numpy(g), _chunks(t, actor_world)[r], rtol=0, atol=0)
+
+
+# ---- the anchor's results for the actor ranks it owns (one process: A = 1) -------------------
+@pytest.mark.parametrize("transport", ["shards", "sign"])
+def test_one_anchor_rank_sends_each_actor_rank_exactly_its_shard(transport):
+    from verl_commeff.anchor.worker import _Reshard
+    from verl_commeff.collectives import fingerprint
+    from verl_commeff.mergers.sign_bits import pack_signs
+    from verl_commeff.workers.actor_state import AnchorResult
+
+    full = _model(5)
+    actor, anchor = fsdp2_layout(3, -1), fsdp2_layout(1, -1)
+    reshard = _Reshard(actor, anchor, [t.shape for t in full], ResultRouting([t.shape for t in full], actor, anchor, 0))
+    routed = reshard.results(full, transport, AnchorResult(fire_tick=4, source_tick=2, m_bar=None, backwards=3))
+    assert isinstance(routed, RoutedResults) and sorted(routed.by_actor_rank) == [0, 1, 2]
+    for r in range(3):
+        got = take_routed(routed, r)  # by value: Ray is not running here
+        want = [_chunks(t, 3)[r] for t in full]
+        assert (got.fire_tick, got.source_tick, got.backwards) == (4, 2, 3)
+        if transport == "sign":  # PackedSigns of exactly this rank's shard, bit for bit
+            ref = pack_signs(want)
+            assert got.m_bar.shapes == ref.shapes and all(torch.equal(a, b) for a, b in zip(got.m_bar.bits, ref.bits))
+            sent = got.m_bar.bits
+        else:
+            assert all(torch.equal(a, b) for a, b in zip(got.m_bar, want))
+            sent = got.m_bar
+        assert got.fingerprints.shape == (3, 3)
+        torch.testing.assert_close(got.fingerprints[r], fingerprint(sent), rtol=0, atol=0)
