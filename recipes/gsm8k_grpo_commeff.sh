@@ -32,6 +32,7 @@ DP_CODEC=${DP_CODEC:-0}                 # 1: commeff.dp_codec.enable (PowerSGD o
 DP_RANK=${DP_RANK:-77}                  # commeff.dp_codec.rank
 DP_START=${DP_START:-10}                # commeff.dp_codec.start_iter (ticks exchanged densely first)
 FSDP_SIZE=${FSDP_SIZE:--1}              # actor fsdp_size; < the actor's GPUs makes an HSDP mesh of GPUs/FSDP_SIZE replicas
+# ANCHOR_NGPUS (default NGPUS): commeff.anchor.n_gpus_per_node, 1..NGPUS (fewer than NGPUS: the anchor reshards, FSDP2)
 case "$DP_CODEC" in
 0) DP_ENABLE=False ;;
 1) DP_ENABLE=True ;;
@@ -150,7 +151,7 @@ commeff=(
     commeff.anchor.cadence="$CADENCE"
     commeff.anchor.placement="$PLACEMENT"
     commeff.anchor.sync="$SYNC"
-    commeff.anchor.n_gpus_per_node="$NGPUS"
+    commeff.anchor.n_gpus_per_node="${ANCHOR_NGPUS:-$NGPUS}"
     commeff.merger.name="$MERGER"
     commeff.merger.alpha=0.25
     commeff.anchor.beta="$BETA"

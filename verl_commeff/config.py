@@ -125,7 +125,9 @@ class AnchorConfig(BaseConfig):
             gradient) or ``sign`` (packed sign bits, 1 bit per coordinate).
         targets: module-name suffixes of the 2-D weights the anchor computes M for
             (default: q/k/v/o/gate/up/down projections of every decoder layer).
-        n_gpus_per_node: devices per node of the anchor's own pool (``placement=separate``).
+        n_gpus_per_node: devices per node of the anchor's own pool (``placement=separate``);
+            ``n_gpus_per_node × nnodes`` from 1 to the actor's world size (smaller: FSDP2 only,
+            checked by :func:`~verl_commeff.trainer.anchor_group.anchor_resource_pool`).
         nnodes: nodes of the anchor's own pool (``placement=separate``).
         wait_timeout_s: ``sync=strict``: seconds an actor rank waits for a fire's result
             before it fails with an error naming the fire and the anchor rank; > 0.

@@ -127,3 +127,27 @@ def test_free_sync_survives_a_dead_anchor_and_restarts_it(tmp_path, learnable_pr
     assert records[5]["commeff/anchor/backwards"] > records[first]["commeff/anchor/backwards"]
     assert records[5]["commeff/anchor/ema_updates"] < FireSchedule(DEAD_K, DEAD_CADENCE, TICKS_PER_STEP).fires_through(10)
     assert all(records[s]["commeff/anchor/q_gap"] < Q_GAP_TOL for s in records if "commeff/anchor/q_gap" in records[s])
+
+
+def test_one_anchor_rank_serves_two_actor_ranks(tmp_path, learnable_preset):
+    """NGPUS=2, ANCHOR_NGPUS=1 (placement=separate): one anchor process reshards the 2 actor ranks' FSDP2
+    snapshots and sends each its own M̄ shard; every fire arrives and is merged, staleness exactly K, and
+    the actor's cross-rank check (every tick) finds each rank's held M̄ equal to the anchor's fingerprint of it."""
+    steps = 3
+    env = recipe_env(tmp_path, learnable_preset, "small_anchor", STEPS=steps, TEST_FREQ=-1, K=K, CADENCE=CADENCE,
+                     NGPUS=2, ANCHOR_NGPUS=1)
+    run(["bash", "recipes/gsm8k_grpo_commeff.sh", "trainer.val_before_train=False", "commeff.merger.checksum_every=1",
+         "trainer.default_local_dir=" + str(tmp_path / "ckpt")], env, tmp_path, "small_anchor")
+    records = read_records(tmp_path, "small_anchor")
+    assert sorted(s for s, d in records.items() if "actor/pg_loss" in d) == list(range(1, steps + 1))
+    schedule, ticks = FireSchedule(K, CADENCE, TICKS_PER_STEP), steps * TICKS_PER_STEP
+    last = records[steps]
+    assert last["commeff/tick"] == ticks
+    assert last["commeff/anchor/fires_used"] == schedule.fires_through(ticks)
+    # the one anchor rank runs the whole mini-batch: 64 samples in micro-batches of 32, as with NGPUS=1
+    assert last["commeff/anchor/backwards"] == BACKWARDS_PER_FIRE * schedule.fires_through(ticks)
+    assert last["commeff/merger/merged_ticks"] == ticks - (CADENCE - 1)
+    for step in range(1, steps + 1):
+        assert records[step]["commeff/merger/inputs_identical"] == 1.0, step
+        assert records[step]["commeff/anchor/age"] == K and records[step]["commeff/bytes/anchor_m_bar/sent"] > 0
+    _check_anchor_state(records)

@@ -41,3 +41,21 @@ def test_a_pool_that_fits_passes_and_leaves_the_resources_free(two_cpu_ray):
 def test_the_timeout_knob_is_validated():
     with pytest.raises(CommEffConfigError, match="commeff.anchor.placement_timeout_s=0"):
         AnchorConfig(placement_timeout_s=0)
+
+
+def test_anchor_world_must_be_between_one_and_the_actors():
+    from verl_commeff.trainer.anchor_group import anchor_resource_pool
+
+    with pytest.raises(CommEffConfigError, match=r"commeff.anchor.n_gpus_per_node × nnodes = 4 must be between 1 "
+                                                 r"and the actor's world size 2"):
+        anchor_resource_pool(AnchorConfig(placement="separate", n_gpus_per_node=2, nnodes=2), actor_pool=None,
+                             actor_world=2)
+
+
+def test_a_smaller_anchor_needs_fsdp2():
+    from verl_commeff.trainer.anchor_group import anchor_resource_pool
+
+    with pytest.raises(CommEffConfigError, match=r"= 1 differs from the actor's world size 2, which needs "
+                                                 r"actor_rollout_ref.actor.strategy=fsdp2 \(got 'fsdp'\)"):
+        anchor_resource_pool(AnchorConfig(placement="separate", n_gpus_per_node=1), actor_pool=None, actor_world=2,
+                             strategy="fsdp")

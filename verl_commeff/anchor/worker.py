@@ -2,12 +2,14 @@
 
 :class:`AnchorWorker` is verl's ``ActorRolloutRefWorker`` in role ``actor`` with the
 stock engine (no codec projection, no optimizer step ever taken), built from the
-actor's own config, so its FSDP layout is the actor's and anchor rank r holds the shards
-actor rank r holds. One fire (:meth:`AnchorWorker.anchor_fire`), per rank:
+actor's own config. With as many ranks as the actor, anchor rank r holds the shards actor
+rank r holds; a smaller anchor group (A < N ranks, FSDP2) reshards by rows
+(:mod:`verl_commeff.anchor.reshard`). One fire (:meth:`AnchorWorker.anchor_fire`), per rank:
 
-1. load the generator-weight snapshot of the replayed mini-batch (this rank's shards),
-   after bringing the model back onto the device when ``placement=colocated`` (between
-   fires a colocated anchor keeps its model offloaded to host memory);
+1. load the generator-weight snapshot of the replayed mini-batch (this rank's shards;
+   with A < N assembled from the actor ranks' shards that cover its rows), after bringing
+   the model back onto the device when ``placement=colocated`` (between fires a colocated
+   anchor keeps its model offloaded to host memory);
 2. take this rank's share of the global mini-batch and run verl's forward/backward with
    the anchor loss (the actor's ``ppo_loss`` at ratio 1, :mod:`verl_commeff.anchor.loss`),
    the forward observed by the anchor's codec when ``q_source=anchor``;
@@ -20,7 +22,9 @@ actor rank r holds. One fire (:meth:`AnchorWorker.anchor_fire`), per rank:
 6. return M̄ (this rank's shards, or packed sign bits), every anchor rank's fingerprint of
    what it sends (one all-gather of 3 numbers per rank; the actor's cross-rank check
    compares its held shard against it) and the sketch (a colocated anchor offloads its
-   model again first); a rejected fire returns neither.
+   model again first); a rejected fire returns neither. With A < N: M̄ in each owned actor
+   rank's own layout, one ``ray.put`` per actor rank, fingerprints per actor rank
+   (:class:`~verl_commeff.anchor.reshard.RoutedResults`).
 
 The anchor's own state (M̄'s EMA and the codec's Q) is checkpointed by the trainer through
 :meth:`AnchorWorker.anchor_state_dict` / :meth:`AnchorWorker.anchor_load_state_dict`; a
@@ -57,8 +61,16 @@ class AnchorWorker(ActorRolloutRefWorker):
         self._anchor = None
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def anchor_setup(self, commeff_config: Any, ticks_per_step: int) -> None:
-        """Build the anchor's loss, codec observer and EMA (after ``init_model``)."""
+    def anchor_setup(self, commeff_config: Any, ticks_per_step: int, actor_world: Optional[int] = None) -> None:
+        """Build the anchor's loss, codec observer and EMA (after ``init_model``).
+
+        Args:
+            commeff_config: the ``commeff`` node or a ``CommEffConfig``.
+            ticks_per_step: optimizer steps per global step.
+            actor_world: the actor's world size N (None: the anchor's own). With N larger
+                than the anchor's world A, snapshots and results are resharded
+                (:func:`_reshard_plan`; FSDP2 only).
+        """
         from verl.utils.config import omega_conf_to_dataclass
 
         from verl_commeff.anchor.loss import anchor_loss_fn
@@ -81,6 +93,7 @@ class AnchorWorker(ActorRolloutRefWorker):
             ema=AnchorEMA(cfg.anchor.beta),
             targets=select_targets(engine.module, cfg.anchor.targets),
         )
+        self._anchor.reshard = _reshard_plan(self, actor_world)
         if self._anchor.offload:
             engine.to("cpu", model=True, optimizer=True, grad=True)  # idle until the first fire
 
@@ -94,7 +107,12 @@ class AnchorWorker(ActorRolloutRefWorker):
             minibatch: the whole global mini-batch (TensorDict in verl's no-padding layout,
                 with the non-tensor keys the actor's ``update_actor`` got: ``global_batch_size``,
                 ``temperature``, ...). Each rank takes its contiguous share.
-            snapshot: per anchor rank, that rank's weight shards (or a Ray ObjectRef to them).
+            snapshot: per actor rank, that rank's weight shards (or a Ray ObjectRef to them).
+
+        Returns:
+            With as many anchor ranks as actor ranks, the AnchorResult for actor rank
+            ``self.rank``; with fewer, a :class:`~verl_commeff.anchor.reshard.RoutedResults`
+            over the actor ranks this rank owns.
         """
         state = self._anchor
         if state is None:
@@ -108,7 +126,7 @@ class AnchorWorker(ActorRolloutRefWorker):
             from verl.utils.device import get_device_name
 
             engine.to(get_device_name(), model=True, optimizer=False, grad=True)
-        load_local_shards(engine.module, resolve(snapshot[self.rank]))
+        load_local_shards(engine.module, _snapshot_shards(state.reshard, snapshot, self.rank))
 
         # Step 2: this rank's share of the mini-batch, through verl's forward/backward with the anchor loss.
         data = _share(resolve(minibatch), engine.get_data_parallel_rank(), engine.get_data_parallel_size())
@@ -144,8 +162,13 @@ class AnchorWorker(ActorRolloutRefWorker):
         if state.offload:
             engine.to("cpu", model=True, optimizer=False, grad=True)
         if not accepted:
-            return AnchorResult(fire_tick, source_tick, None, None, compute_s=time.perf_counter() - start,
-                                backwards=loss_fn.backwards, rejected=True)
+            rejected = AnchorResult(fire_tick, source_tick, None, None, compute_s=time.perf_counter() - start,
+                                    backwards=loss_fn.backwards, rejected=True)
+            return rejected if state.reshard is None else state.reshard.reject(rejected)
+        if state.reshard is not None:  # A < N: each owned actor rank's M̄ in its own layout
+            return state.reshard.results(m_bar, state.cfg.anchor.transport, AnchorResult(
+                fire_tick, source_tick, None, sketch, compute_s=time.perf_counter() - start,
+                backwards=loss_fn.backwards, q_fingerprint=q_fingerprint, ema_updates=state.ema.updates))
         if state.cfg.anchor.transport == "sign":
             from verl_commeff.mergers.sign_bits import pack_signs
 
@@ -240,6 +263,7 @@ class _AnchorState:
             cfg, schedule, loss_fn, codec, ema, targets)
         # host memory is the device on the CPU platform: nothing to offload there
         self.offload = cfg.anchor.placement == "colocated" and not is_cpu_platform()
+        self.reshard: Optional["_Reshard"] = None  # set when the actor has more ranks than the anchor
 
 
 def _local(p: torch.nn.Parameter) -> torch.Tensor:
@@ -278,3 +302,102 @@ def _inject_engine_keys(data, training_worker) -> None:
     for key, value in defaults.items():
         if key not in data.keys():
             tu.assign_non_tensor(data, **{key: value})
+
+
+# ---- an anchor smaller than the actor (A < N, FSDP2): Step 1 and Step 6 -----------------------
+class _Reshard:
+    """What an anchor rank needs to serve N > A actor ranks (see :mod:`verl_commeff.anchor.reshard`).
+
+    Args:
+        actor, anchor: the two groups' row layouts.
+        shapes: every parameter's global shape, module order (for the snapshots).
+        routing: the targets' result routing (for M̄).
+    """
+
+    def __init__(self, actor, anchor, shapes, routing):
+        self.actor, self.anchor, self.shapes, self.routing = actor, anchor, shapes, routing
+
+    def reject(self, rejected: AnchorResult):
+        """A rejected fire: the same (M̄-less) result for every owned actor rank."""
+        from verl_commeff.anchor.reshard import RoutedResults
+
+        return RoutedResults({r: rejected for r in self.routing.owned})
+
+    def results(self, m_bar, transport: str, template: AnchorResult):
+        """Each owned actor rank's result: its M̄ shard (or signs), fingerprints per actor rank, put once.
+
+        Steps:
+            1. Split M̄ into the owned actor ranks' shards (collective when rows move).
+            2. What each is sent: fp32 shards, or PackedSigns of exactly that shard.
+            3. Fingerprints: row r filled by r's owner, summed over the anchor group: (N, 3).
+            4. One ``ray.put`` per owned actor rank (by value when Ray is not running).
+        """
+        import dataclasses
+
+        from verl_commeff.anchor.reshard import RoutedResults
+        from verl_commeff.workers.weight_shards import publish
+
+        # Step 1: the owned actor ranks' shards.
+        split = self.routing.split([local_view(m) for m in m_bar])
+        # Step 2: what each is sent.
+        held, sent = {}, {}
+        for r, shards in split.items():
+            if transport == "sign":
+                from verl_commeff.mergers.sign_bits import pack_signs
+
+                held[r] = pack_signs(shards)
+                sent[r] = held[r].bits
+            else:
+                held[r] = sent[r] = [s.detach().clone() for s in shards]
+        # Step 3: fingerprints, row = actor rank.
+        device = m_bar[0].device
+        table = torch.zeros(self.routing.actor_world, 3, dtype=torch.float64, device=device)  # (N, 3)
+        for r in split:
+            table[r] = fingerprint(sent[r]).to(device)
+        fingerprints = all_reduce_(table).cpu()  # (N, 3): each row filled by exactly one owner
+        # Step 4: one object per actor rank.
+        return RoutedResults({r: publish(dataclasses.replace(template, m_bar=held[r], fingerprints=fingerprints))
+                              for r in split})
+
+
+def _reshard_plan(worker: AnchorWorker, actor_world: Optional[int]) -> Optional[_Reshard]:
+    """The reshard plan when the actor has more ranks than the anchor, else None.
+
+    Raises:
+        ValueError: the anchor is bigger than the actor, the strategy is not FSDP2 (FSDP1's
+            flat-parameter shards do not split by rows), or the anchor's own mesh is not 1-D.
+    """
+    from verl_commeff.anchor.reshard import ResultRouting, RowLayout, fsdp2_layout
+
+    anchor_world = worker.world_size
+    if actor_world is None or actor_world == anchor_world:
+        return None
+    if actor_world < anchor_world:
+        raise ValueError(f"anchor_setup: {anchor_world} anchor ranks for {actor_world} actor ranks: the anchor "
+                         "group must not be larger than the actor's (commeff.anchor.n_gpus_per_node × nnodes)")
+    strategy = worker.config.actor.strategy
+    if strategy != "fsdp2":
+        raise ValueError(f"anchor_setup: an anchor of {anchor_world} ranks for {actor_world} actor ranks needs "
+                         f"actor_rollout_ref.actor.strategy=fsdp2 (got {strategy!r}): FSDP1 flat-parameter shards do "
+                         "not reshard by rows; give the anchor the actor's world size")
+    module = worker.actor.engine.module
+    params = list(module.parameters())
+    anchor = RowLayout.of(params[0])
+    if anchor.mesh_shape != (anchor_world,):
+        raise ValueError(f"anchor_setup: the anchor's FSDP2 mesh is {anchor.mesh_shape}, a smaller anchor needs a 1-D "
+                         f"mesh of its {anchor_world} ranks (actor_rollout_ref.actor.fsdp_config.fsdp_size: -1 or "
+                         f">= {anchor_world})")
+    fsdp_size = worker.config.actor.get("fsdp_config", {}).get("fsdp_size", -1)
+    actor = fsdp2_layout(actor_world, fsdp_size)
+    targets = worker._anchor.targets
+    routing = ResultRouting([p.shape for _, p in targets], actor, anchor, worker.rank)
+    return _Reshard(actor, anchor, [p.shape for p in params], routing)
+
+
+def _snapshot_shards(reshard: Optional[_Reshard], snapshot, rank: int) -> list:
+    """This anchor rank's weight shards from the per-actor-rank snapshot (assembled when A < N)."""
+    if reshard is None:
+        return resolve(snapshot[rank])
+    from verl_commeff.anchor.reshard import assemble_local
+
+    return assemble_local(reshard.shapes, reshard.actor, lambda r: resolve(snapshot[r]), reshard.anchor, rank)

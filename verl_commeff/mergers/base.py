@@ -96,8 +96,8 @@ class Merger:
             plain local shards (FSDP1 flat-param shards, hand-made row shards). It also
             overrides a DTensor mesh's group. None: DTensors use their mesh's shard group,
             plain tensors are whole (no reduction).
-        checksum_group: group of the cross-rank check (None = the default group); its rank r
-            is anchor rank r (the anchor's per-rank fingerprints are indexed by it).
+        checksum_group: group of the cross-rank check (None = the default group); the
+            anchor's fingerprints are indexed by its ranks (row r: what the anchor sent rank r).
         replicated: called at each check, the tensors that must be identical on every rank
             of ``checksum_group`` (the actor passes its codec's live Q); None = none.
     """
@@ -159,8 +159,8 @@ class Merger:
                 is the realised age). ≥ 1.
             source_tick: the tick of the mini-batch and weights it was computed on
                 (t − K, or the replayed warm-up tick); 1 ≤ source_tick ≤ produced_tick.
-            fingerprints: (anchor world, 3) fp64, row r = :func:`~verl_commeff.collectives.fingerprint`
-                of what anchor rank r sent (its shard, or its packed bits); the cross-rank
+            fingerprints: (world, 3) fp64, row r = :func:`~verl_commeff.collectives.fingerprint`
+                of what the anchor sent rank r (its shard, or its packed bits); the cross-rank
                 check compares each rank's held M̄ with its row. None: not checked against
                 the anchor.
         """

@@ -3,7 +3,9 @@
 :func:`build_anchor_group` creates the :class:`~verl_commeff.anchor.worker.AnchorWorker`
 group on its own resource pool (``placement=separate``) or on the actor's
 (``colocated``), then runs ``init_model`` and ``anchor_setup`` on it. Anchor rank r is
-created in the bundle of actor rank r (colocated) or in bundle r of its own pool.
+created in the bundle of actor rank r (colocated) or in bundle r of its own pool. Its own
+pool may be smaller than the actor's, down to one device (FSDP2): one slow anchor serving
+N actor ranks, resharding snapshots and results by rows (:mod:`verl_commeff.anchor.reshard`).
 
 :class:`AnchorWorkerGroup` is verl's ``RayWorkerGroup`` with one change: the task that
 looks up the group's torch.distributed master address/port asks Ray for no CPU. verl
@@ -44,18 +46,32 @@ class AnchorWorkerGroup(RayWorkerGroup):
             super()._get_master_addr_port(pg, bundle_index, master_port_range)
 
 
-def anchor_resource_pool(anchor_cfg: Any, actor_pool: RayResourcePool, actor_world: int) -> RayResourcePool:
+def anchor_resource_pool(anchor_cfg: Any, actor_pool: RayResourcePool, actor_world: int,
+                         strategy: str = "fsdp2") -> RayResourcePool:
     """The pool the anchor group runs on: its own (``separate``) or the actor's (``colocated``).
 
+    Args:
+        anchor_cfg: ``commeff.anchor``.
+        actor_pool: the actor's pool (``colocated``).
+        actor_world: the actor's world size N.
+        strategy: ``actor_rollout_ref.actor.strategy`` (the anchor's too).
+
     Raises:
-        CommEffConfigError: a separate pool whose size is not the actor's world size.
+        CommEffConfigError: a separate pool of more devices than the actor's world size, or
+            of fewer with ``strategy=fsdp`` (FSDP1's flat-parameter shards do not reshard by rows).
     """
     if anchor_cfg.placement == "colocated":
         return actor_pool
-    if anchor_cfg.n_gpus_per_node * anchor_cfg.nnodes != actor_world:
+    anchor_world = anchor_cfg.n_gpus_per_node * anchor_cfg.nnodes
+    if not 1 <= anchor_world <= actor_world:
         raise commeff_config.CommEffConfigError(
-            f"commeff.anchor.n_gpus_per_node × nnodes = {anchor_cfg.n_gpus_per_node * anchor_cfg.nnodes} must "
-            f"equal the actor's world size {actor_world}: anchor rank r holds actor rank r's shards")
+            f"commeff.anchor.n_gpus_per_node × nnodes = {anchor_world} must be between 1 and the actor's world "
+            f"size {actor_world}: the anchor reshards the actor's shards for a group of its size or smaller")
+    if anchor_world != actor_world and strategy != "fsdp2":
+        raise commeff_config.CommEffConfigError(
+            f"commeff.anchor.n_gpus_per_node × nnodes = {anchor_world} differs from the actor's world size "
+            f"{actor_world}, which needs actor_rollout_ref.actor.strategy=fsdp2 (got {strategy!r}): FSDP1's "
+            "flat-parameter shards do not reshard by rows; give the anchor the actor's world size")
     from verl_commeff.cpu_platform import is_cpu_platform
 
     pool = RayResourcePool(process_on_nodes=[anchor_cfg.n_gpus_per_node] * anchor_cfg.nnodes,
@@ -94,12 +110,13 @@ def ensure_pool_fits(pool: RayResourcePool, timeout_s: float) -> None:
         raise commeff_config.CommEffConfigError(
             f"commeff.anchor.placement=separate: Ray could not grant the anchor's own pool ({asked}, one node each) "
             f"within commeff.anchor.placement_timeout_s={timeout_s:g}s; free now: {free}. Give the cluster more "
-            "devices, lower commeff.anchor.n_gpus_per_node × nnodes with the actor's world size, or use "
+            "devices, lower commeff.anchor.n_gpus_per_node × nnodes (down to 1), or use "
             "commeff.anchor.placement=colocated")
 
 
 def build_anchor_group(pool: RayResourcePool, actor_config: Any, commeff_cfg: Any, ticks_per_step: int,
-                       device_name: str, name_prefix: str = "commeff_anchor") -> AnchorWorkerGroup:
+                       device_name: str, name_prefix: str = "commeff_anchor",
+                       actor_world: int | None = None) -> AnchorWorkerGroup:
     """Create the anchor workers on ``pool``, build their model and their anchor state.
 
     Args:
@@ -109,6 +126,8 @@ def build_anchor_group(pool: RayResourcePool, actor_config: Any, commeff_cfg: An
         ticks_per_step: optimizer steps per global step.
         device_name: ``trainer.device``.
         name_prefix: Ray actor name prefix (a restarted group needs a new one).
+        actor_world: the actor's world size (None: the anchor's own); a larger one makes the
+            anchor reshard (``anchor_setup``).
     """
     from verl_commeff.anchor.worker import AnchorWorker
 
@@ -119,7 +138,7 @@ def build_anchor_group(pool: RayResourcePool, actor_config: Any, commeff_cfg: An
         name_prefix=name_prefix,
     )
     wg.init_model()
-    wg.anchor_setup(commeff_cfg, ticks_per_step)
+    wg.anchor_setup(commeff_cfg, ticks_per_step, actor_world)
     return wg
 
 

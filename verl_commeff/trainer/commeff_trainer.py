@@ -152,9 +152,10 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
             role = next(r for r in ACTOR_ROLES if r in self.role_worker_mapping)
             self._anchor_pool = anchor_resource_pool(
                 self.commeff_cfg.anchor, self.resource_pool_manager.get_resource_pool(role),
-                self.actor_rollout_wg.world_size)
+                self.actor_rollout_wg.world_size, self.config.actor_rollout_ref.actor.strategy)
         return build_anchor_group(self._anchor_pool, self.config.actor_rollout_ref, self.commeff_cfg,
-                                  self.commeff_ticks_per_step, self.config.trainer.device, name_prefix)
+                                  self.commeff_ticks_per_step, self.config.trainer.device, name_prefix,
+                                  actor_world=self.actor_rollout_wg.world_size)
 
     def _restore_anchor(self, saved) -> dict:
         """Load the anchor's checkpointed state; the drained results of its pending fires, as futures."""

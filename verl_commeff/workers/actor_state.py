@@ -71,8 +71,10 @@ class AnchorResult:
         compute_s: seconds the anchor rank spent on the fire.
         backwards: backward passes the anchor rank ran for this fire (summed by the actor into
             ``commeff/anchor/backwards``: the proof that the anchor really ran).
-        fingerprints: (anchor world, 3) fp64 on the host, row r = (Σx, Σ|x|, Σx²) of what
-            anchor rank r sent (see :meth:`~verl_commeff.mergers.base.Merger.hold`); None = unchecked.
+        fingerprints: (actor world, 3) fp64 on the host, row r = (Σx, Σ|x|, Σx²) of what the
+            anchor sent actor rank r (anchor rank r, or r's owner with a smaller anchor:
+            :mod:`verl_commeff.anchor.reshard`; see :meth:`~verl_commeff.mergers.base.Merger.hold`);
+            None = unchecked.
         rejected: the anchor rejected this fire (its M or sketch was not finite on some
             rank): its M̄ is unchanged, nothing is sent, the actor keeps the M̄ it holds.
         q_fingerprint: (B,) per-boundary sums of the Q the anchor sketched against (its live

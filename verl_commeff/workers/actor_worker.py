@@ -14,7 +14,7 @@ The trainer configures the actor after ``init_model`` with the ONE_TO_ALL call
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from verl.single_controller.base.decorator import Dispatch, register
 from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker
@@ -81,11 +81,16 @@ class CommEffActorRolloutRefWorker(ActorRolloutRefWorker):
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def commeff_offer(self, fire_tick: int, result_refs: list) -> None:
-        """Hand fire ``fire_tick``'s anchor results (one ObjectRef per anchor rank) to this rank."""
-        if len(result_refs) != self.world_size:
-            raise ValueError(f"{len(result_refs)} anchor results for {self.world_size} actor ranks: the anchor "
-                             "worker group must have the actor's world size (its shards are the actor's)")
-        self.actor.engine.commeff.offer(RayPendingResult(fire_tick, result_refs[self.rank], anchor_rank=self.rank))
+        """Hand fire ``fire_tick``'s anchor results (one ObjectRef per anchor rank) to this rank.
+
+        An anchor of A <= N ranks: this rank's result comes from its owner anchor rank
+        (:func:`~verl_commeff.anchor.reshard.owner_of`), which holds it for this rank alone.
+        """
+        from verl_commeff.anchor.reshard import owner_of
+
+        owner = owner_of(self.rank, len(result_refs), self.world_size)  # ValueError unless 1 <= A <= N
+        self.actor.engine.commeff.offer(RayPendingResult(fire_tick, result_refs[owner], anchor_rank=owner,
+                                                         actor_rank=self.rank))
 
 
 class RayPendingResult:
@@ -96,14 +101,16 @@ class RayPendingResult:
     so the actor state decides: ``sync=free`` continues, ``sync=strict`` stops.
     """
 
-    def __init__(self, fire_tick: int, ref, anchor_rank: int):
+    def __init__(self, fire_tick: int, ref, anchor_rank: int, actor_rank: Optional[int] = None):
         self.fire_tick = fire_tick
         self.anchor_rank = anchor_rank
+        self.actor_rank = anchor_rank if actor_rank is None else actor_rank
         self._ref = ref
 
     def get(self, timeout):
         import ray
 
+        from verl_commeff.anchor.reshard import take_routed
         from verl_commeff.workers.actor_state import AnchorFailure
 
         try:
@@ -111,7 +118,7 @@ class RayPendingResult:
                 ready, _ = ray.wait([self._ref], timeout=timeout)
                 if not ready:
                     return None
-            result = ray.get(self._ref)
+            result = take_routed(ray.get(self._ref), self.actor_rank)  # only this rank's bytes (A < N)
         except ray.exceptions.RayError as error:
             cause = "its worker died" if isinstance(error, ray.exceptions.RayActorError) else "the fire raised"
             raise AnchorFailure(self.fire_tick, self.anchor_rank, f"{cause} ({type(error).__name__}: "

@@ -1,7 +1,7 @@
 """Generator-weight snapshots as this rank's local parameter shards.
 
-The anchor worker group has the actor's strategy, FSDP layout and world size, so anchor
-rank r holds exactly the shards actor rank r holds: a snapshot is the list of each
+An anchor worker group of the actor's world size holds exactly the shards actor rank r
+holds (a smaller one reshards them, :mod:`verl_commeff.anchor.reshard`): a snapshot is the list of each
 parameter's local shard (FSDP2: the DTensor's local tensor; FSDP1 with
 ``use_orig_params``: the flat-parameter view), copied in module order.
 """
@@ -15,7 +15,7 @@ from torch import nn
 
 from verl_commeff.mergers.grad_layout import local_view
 
-__all__ = ["export_local_shards", "load_local_shards", "resolve"]
+__all__ = ["export_local_shards", "load_local_shards", "publish", "resolve"]
 
 
 def export_local_shards(module: nn.Module, device: str | torch.device = "cpu") -> list[torch.Tensor]:
@@ -50,3 +50,10 @@ def resolve(value: Any) -> Any:
     except ImportError:  # pragma: no cover - ray is a verl dependency
         return value
     return ray.get(value) if isinstance(value, ray.ObjectRef) else value
+
+
+def publish(value: Any) -> Any:
+    """``ray.put(value)`` when Ray is running (the caller returns the small ref), else ``value``."""
+    import ray
+
+    return ray.put(value) if ray.is_initialized() else value
