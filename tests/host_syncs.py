@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 
@@ -53,12 +53,19 @@ class HostTransfers:
         return "; ".join(f"{kind} {name} at {site}" for kind, name, site in self.events) or "none"
 
 
-def _call_site() -> str:
-    """The first frame outside this module and torch (the code that asked for the transfer)."""
+def _call_site(within: Optional[str]) -> Optional[str]:
+    """The first frame outside this module and torch (the code that asked for the transfer).
+
+    With ``within``, the innermost frame whose file path contains it, or None when no frame
+    does (the transfer was not made on behalf of that code).
+    """
     for frame in inspect.stack(context=0)[2:]:
-        if frame.filename != __file__ and "/torch/" not in frame.filename:
+        if within is not None:
+            if within in frame.filename:
+                return f"{frame.filename}:{frame.lineno} ({frame.function})"
+        elif frame.filename != __file__ and "/torch/" not in frame.filename:
             return f"{frame.filename}:{frame.lineno} ({frame.function})"
-    return "?"
+    return None if within is not None else "?"
 
 
 def _target_device(args, kwargs):
@@ -72,10 +79,14 @@ def _target_device(args, kwargs):
 
 
 @contextlib.contextmanager
-def count_host_transfers() -> Iterator[HostTransfers]:
+def count_host_transfers(within: Optional[str] = None) -> Iterator[HostTransfers]:
     """Within the block, record every device↔host transfer made through the wrapped entry points.
 
     Not thread-safe (it patches ``torch`` and ``torch.Tensor`` attributes for the block).
+
+    Args:
+        within: count only transfers with a frame of a file whose path contains this
+            (e.g. ``"verl_commeff/"``: ours, not those the model's own code makes); None = all.
     """
     seen = HostTransfers()
     active = [True]  # a wrapped call made by another wrapped call is not counted twice
@@ -96,8 +107,9 @@ def count_host_transfers() -> Iterator[HostTransfers]:
                     dst_device = torch.device("cuda") if name == "cuda" else _target_device(args[1:], kwargs)
                     src_device = src.device
                 count = dst_device is not None and dst_device.type != src_device.type
-            if count:
-                seen.events.append((kind, name, _call_site()))
+            site = _call_site(within) if count else None
+            if site is not None:
+                seen.events.append((kind, name, site))
             active[0] = False
             try:
                 return original(*args, **kwargs)

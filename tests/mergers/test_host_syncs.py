@@ -35,6 +35,9 @@ def test_counter_sees_each_kind_of_transfer():
         torch.tensor([1.0, 2.0])
         torch.equal(t, t)
     assert (seen.d2h, seen.h2d) == (5, 1), seen.describe()
+    with count_host_transfers(within="verl_commeff/") as seen:
+        t.tolist()  # from this test file: not on behalf of verl_commeff
+    assert len(seen) == 0, seen.describe()
 
 
 def _merger(mode, checksum_every=0, age_decay=1.0):
