@@ -26,7 +26,7 @@ class Scratch:
         self._buffers: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
     def take(self, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """A contiguous ``dtype`` tensor shaped like ``like`` on its device (uninitialised; a view into a shared buffer).
+        """A contiguous ``dtype`` tensor shaped like ``like`` on its device: uninitialised, a view into a shared buffer.
 
         Args:
             like: the tensor whose shape and device the view takes.

@@ -14,6 +14,11 @@ all-reduce makes them global (and bit-identical on every rank, hence λ_t too):
 
 sign(x) = +1 if x ≥ 0 else −1 for G and M̄ alike (see ``sign_bits``). Per-tensor sums
 accumulate in fp32, the cross-tensor and cross-rank sums in fp64.
+
+Cost per tick (issue 11): the masks sign(M̄) = + are made once per held M̄
+(:func:`positive_masks`), and each tensor's mismatch mask and masked G are written into
+reused scratch buffers (:mod:`~verl_commeff.mergers.scratch`), so a tick allocates nothing
+the size of the gradients.
 """
 
 from __future__ import annotations
