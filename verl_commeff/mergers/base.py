@@ -47,9 +47,10 @@ from verl_commeff.mergers.stats import (
     NUMEL,
     LocalHeld,
     global_stats,
-    positive_mask,
-    sign_mismatch,
+    positive_masks,
+    sign_mismatch_,
 )
+from verl_commeff.mergers.scratch import Scratch
 
 if TYPE_CHECKING:
     from verl_commeff.config import MergerConfig
@@ -126,6 +127,8 @@ class Merger:
         self.produced_tick: Optional[int] = None
         self.source_tick: Optional[int] = None
         self._held_checked = False  # layout checked against the grads since the last hold()
+        self._positive: Optional[list[torch.Tensor]] = None  # per target: bool sign(M̄) = +, made once per hold
+        self._scratch = Scratch()  # the per-tensor work buffers of every tick (mask, masked G)
         # Counters (host ints: known without reading the device).
         self.last_tick = 0
         self.cold_ticks = 0
@@ -194,6 +197,7 @@ class Merger:
         self.produced_tick = produced_tick
         self.source_tick = source_tick
         self._held_checked = False
+        self._positive = None
 
     def _local_held(self) -> LocalHeld:
         """The held M̄ as local tensors (DTensor → ``to_local()``), or its packed signs."""
@@ -211,7 +215,11 @@ class Merger:
         return self.dose_control.dose(c_t, age, valid)
 
     def _merge_local_(self, g: torch.Tensor, mismatch: torch.Tensor, lam: torch.Tensor) -> None:
-        """G ← G + λ_t·δ_t in place on one local tensor (``mismatch``: sign(G) ≠ sign(M̄), bool like g)."""
+        """G ← G + λ_t·δ_t in place on one local tensor (``mismatch``: sign(G) ≠ sign(M̄), bool like g).
+
+        ``mismatch`` lives in the bool scratch buffer; an implementation may use
+        ``self._scratch.take(g, g.dtype)`` as its work tensor (no per-tick allocation).
+        """
         raise NotImplementedError
 
     # ------------------------------------------------------------------ the tick
@@ -223,10 +231,12 @@ class Merger:
             1. Check the tick (host int, ≥ 1, increasing).
             2. Cold (no M̄ held yet): G′ = G, count a cold tick, done.
             3. Take local views of the grads (DTensor → ``to_local()``); on the first tick
-               after a hold, check M̄'s layout against them.
+               after a hold, check M̄'s layout against them and make the per-target masks
+               sign(M̄) = + (sign bits unpacked once per held M̄, not per tick).
             4. Per local tensor, partial sums: ‖G‖², Σ G² and count over sign-mismatched
                coordinates, numel, and with dense M̄ also ⟨G, M̄⟩ and ‖M̄‖². Stack them into
-               one (6,) fp64 vector and all-reduce it ONCE over the shard group.
+               one (6,) fp64 vector and all-reduce it ONCE over the shard group. Masks and
+               masked values go to reused scratch buffers (no gradient-sized allocation).
             5. c_t (``ratio``: ‖δ‖/‖G‖, ``cos``: cos(G, M̄)); valid = the statistics (and
                c_t when adaptive) are finite, a 0-d device bool; then λ_t (dose control,
                which pushes c_t only when valid); λ_t = 0 when not valid.
@@ -276,13 +286,16 @@ class Merger:
             else:
                 check_held_layout([m.shape for m in held], [m.device for m in held], g_local)
             self._held_checked = True
+        if self._positive is None:
+            self._positive = positive_masks(held)  # per target (shape) bool
         self.last_tick = tick
         dense = not isinstance(held, PackedSigns)
         zero = torch.zeros((), dtype=STAT_DTYPE, device=g_local[0].device)
 
         # Step 4: partial sums, one all-reduce.
         reduce, group = reduce_group(grads, self.process_group)
-        stats = global_stats(g_local, held, reduce, group)  # (N_STATS,)
+        stats = global_stats(g_local, self._positive, held if dense else None, reduce, group,
+                             self._scratch)  # (N_STATS,)
 
         # Step 5: c_t and λ_t.
         delta_ratio = ratio_signal(self._delta_sq(stats), stats[G_SQ])
@@ -296,8 +309,11 @@ class Merger:
 
         # Step 6: merge in place (an invalid tick: every coordinate masked out).
         if self.merges:
+            valid_u8 = valid.to(torch.uint8)  # 0-d: the uint8 AND is vectorised on a CPU, the bool one is not
             for i, g in enumerate(g_local):
-                self._merge_local_(g, sign_mismatch(g, positive_mask(held, i)) & valid, lam)
+                mismatch = sign_mismatch_(self._scratch.take(g, torch.bool), g, self._positive[i])  # (shape) bool
+                mismatch.view(torch.uint8).bitwise_and_(valid_u8)  # masked out on an invalid tick
+                self._merge_local_(g, mismatch, lam)
 
         # Step 7: telemetry and the cross-rank check.
         self.merged_ticks += 1
@@ -365,7 +381,8 @@ class Merger:
         """
         # Step 1: this rank's row.
         held_ticks = (self.produced_tick, self.source_tick) if self._held is not None else (-1, -1)
-        ticks = torch.tensor([float(tick), *map(float, held_ticks)], dtype=STAT_DTYPE).to(device)  # (3,)
+        ticks = torch.stack([torch.full((), float(x), dtype=STAT_DTYPE, device=device)
+                             for x in (tick, *held_ticks)])  # (3,) filled on the device: no host→device copy
         held = self._held_tensors()
         fp = fingerprint(held).to(device) if held else torch.zeros(N_FP, dtype=STAT_DTYPE, device=device)  # (N_FP,)
         repl = self.replicated() if self.replicated is not None else []

@@ -43,4 +43,5 @@ class SignedEMAMerger(Merger):
     def _merge_local_(self, g: torch.Tensor, mismatch: torch.Tensor, lam: torch.Tensor) -> None:
         """G ← G − 2λ_t(1 − α)·G on mismatched coordinates (= G + λ_t·δ_t)."""
         coef = lam * (2.0 * (1.0 - self.alpha))  # 0-d fp64 on g's device
-        g.addcmul_(torch.where(mismatch, g, 0), coef.to(g.dtype), value=-1.0)
+        masked = torch.where(mismatch, g, g.new_zeros(()), out=self._scratch.take(g, g.dtype))  # (shape) G on mismatch
+        g.addcmul_(masked, coef.to(g.dtype), value=-1.0)

@@ -1,0 +1,159 @@
+"""The actor's own comm-eff cost per step on a mid-size shape, as ratios to a stock verl step.
+
+A Qwen2 model with Qwen2.5-0.5B-shaped decoder layers (hidden 896, intermediate 4864,
+14 heads, 2 KV heads; a few layers, a small vocabulary, random init) is built locally
+and trained in this process by two real verl FSDP2 actors (1 rank, CPU, fp32): stock
+verl and the comm-eff actor (boundary codec r=77 on every layer boundary but the last,
+``signed_ema`` merger with an anchor result held on every tick, Q refreshed every
+``q_cadence`` ticks from the fast path). The two run interleaved on the same batches; a
+step is one tick (one PPO mini-batch). Printed, as medians over the measured ticks and as
+ratios to the stock step's median from the same run:
+
+- ``codec``: the boundary hooks' forward work (projection ĥ = (h·Q)·Qᵀ, reconstruction
+  telemetry, sketch) timed inside the hooks, plus the projection's backward, which is not
+  timed (two (tokens × H × r) matmuls, the same work as the forward projection);
+- ``q refresh``: staging a new Q (QR) and making it live (conditioning), the mean per tick
+  (it runs on one tick in ``q_cadence``);
+- ``merger``: ``Merger.apply_`` (statistics, dose, in-place merge);
+- ``snapshot``: exporting this rank's weight shards (``export_local_shards``), charged to
+  every step (the actor snapshots at most once per step);
+- ``tick``: the whole comm-eff tick over the stock tick (everything above and the anchor
+  bookkeeping; noisier than the direct timings: the difference of two noisy medians);
+- ``wait``: the actor's wait for a separately placed anchor is measured by
+  ``benchmarks/bench_tick.py --ray`` (tiny model), not here.
+
+Usage: ``python benchmarks/bench_anchor_midsize.py [--layers 4] [--ticks 10] [--transport sign]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+# Qwen2.5-0.5B's decoder layer.
+MIDSIZE_QWEN2 = dict(hidden_size=896, intermediate_size=4864, num_attention_heads=14, num_key_value_heads=2,
+                     max_position_embeddings=1024)
+
+
+class _Timed:
+    """Wraps a callable and adds its wall time to ``sink[key]`` (the current tick's total)."""
+
+    def __init__(self, fn, sink: dict, key: str):
+        self.fn, self.sink, self.key = fn, sink, key
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.sink[self.key] += time.perf_counter() - start
+
+
+def bench(model_dir: str, layers: int, ticks: int, transport: str, tokens: int) -> dict:
+    from torch.distributed.tensor import distribute_tensor
+
+    from tests.verl_harness import compose_ppo_config, init_single_process_world, make_ppo_batch, update
+    from verl.workers.engine_workers import ActorRolloutRefWorker
+    from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig
+    from verl_commeff.mergers import pack_signs
+    from verl_commeff.workers.actor_state import AnchorResult, ReadyResult
+    from verl_commeff.workers.actor_worker import CommEffActorRolloutRefWorker
+    from verl_commeff.workers.weight_shards import export_local_shards
+
+    init_single_process_world()
+    config = compose_ppo_config(model_dir, "fsdp2").actor_rollout_ref
+    stock = ActorRolloutRefWorker(config, role="actor")
+    actor = CommEffActorRolloutRefWorker(config, role="actor")
+    for w in (stock, actor):
+        w.init_model()
+    cfg = CommEffConfig(codec=CodecConfig(rank=77, pp_size=layers, q_source="fast", q_cadence=5),
+                        anchor=AnchorConfig(delay_k=0, cadence=1, transport=transport))
+    actor.commeff_setup(cfg, ticks_per_step=1)
+    state = actor.actor.engine.commeff
+
+    cost: dict[str, float] = defaultdict(float)  # this tick's seconds per part
+    state.merger.apply_ = _Timed(state.merger.apply_, cost, "merger")
+    state.codec._project = _Timed(state.codec._project, cost, "codec")
+    state.codec._measure = _Timed(state.codec._measure, cost, "codec")
+    state.codec.refresh = _Timed(state.codec.refresh, cost, "q_refresh")
+    state.codec.activate_staged = _Timed(state.codec.activate_staged, cost, "q_refresh")
+
+    target_numel = sum(p.numel() for _, p in state.targets)
+    gen = torch.Generator().manual_seed(0)
+    times = defaultdict(list)
+    loads = []
+    half = tokens // 2
+    for tick in tqdm(range(1, ticks + 1), desc="ticks (stock + comm-eff)", unit="tick"):
+        m_bar = [distribute_tensor(torch.randn(p.shape, generator=gen), p.device_mesh, p.placements)
+                 for _, p in state.targets]
+        held = pack_signs(m_bar) if transport == "sign" else m_bar
+        state.offer(ReadyResult(AnchorResult(tick, tick, held)))
+        batch = make_ppo_batch(batch_size=4, prompt_len=half, response_len=tokens - half, vocab=2000, seed=tick)
+        batch.batch["old_log_probs"] = torch.zeros_like(batch.batch["advantages"])
+        arms = (("stock", stock), ("commeff", actor)) if tick % 2 else (("commeff", actor), ("stock", stock))
+        for name, worker in arms:
+            cost.clear()
+            start = time.perf_counter()
+            update(worker, batch)
+            times[name].append(time.perf_counter() - start)
+            if name == "commeff":
+                for key in ("merger", "codec", "q_refresh"):
+                    times[key].append(cost[key])
+        start = time.perf_counter()
+        shards = export_local_shards(actor.actor.engine.module)
+        times["snapshot"].append(time.perf_counter() - start)
+        del shards
+        loads.append(os.getloadavg()[0])
+    skip = min(2, ticks // 4)  # warm-up ticks
+    med = {k: statistics.median(v[skip:]) for k, v in times.items()}
+    med["q_refresh"] = statistics.mean(times["q_refresh"][skip:])  # one tick in q_cadence: amortised, not median
+    return {"median_s": med, "target_numel": target_numel, "load": statistics.mean(loads),
+            "measured": ticks - skip}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=4, help="decoder layers (default 4: 3 codec boundaries)")
+    parser.add_argument("--ticks", type=int, default=10, help="ticks per arm, the first 2 not counted (default 10)")
+    parser.add_argument("--transport", choices=("sign", "shards"), default="sign",
+                        help="how the held M̄ arrives: packed sign bits or dense fp32 shards (default sign)")
+    parser.add_argument("--tokens", type=int, default=128, help="tokens per sequence, 4 sequences (default 128)")
+    args = parser.parse_args(argv)
+    from verl_commeff.presets.tiny_model import build_tiny_model
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_tiny_model(os.path.join(tmp, "midsize"), vocab_size=2048,
+                                     num_hidden_layers=args.layers, **MIDSIZE_QWEN2)
+        r = bench(model_dir, args.layers, args.ticks, args.transport, args.tokens)
+    med = r["median_s"]
+    stock = med["stock"]
+    print(f"Qwen2.5-0.5B-shaped layers (hidden 896, inter 4864, 14/2 heads) x {args.layers}, vocab 2048, fp32, CPU, "
+          f"fsdp2 1 rank; {r['target_numel'] / 1e6:.1f} M target params; batch 4 x {args.tokens} tokens; r=77, "
+          f"{args.layers - 1} boundaries, q_cadence 5, M̄ held every tick (transport={args.transport}); "
+          f"medians of {r['measured']} interleaved ticks; torch threads {torch.get_num_threads()}, "
+          f"load avg {r['load']:.2f}")
+    print(f"  stock verl step          {stock * 1e3:9.1f} ms   1.000")
+    rows = [("codec hooks (fwd)", "codec"), ("Q refresh", "q_refresh"), ("merger apply_", "merger"),
+            ("snapshot export", "snapshot")]
+    total = 0.0
+    for label, key in rows:
+        total += med[key]
+        print(f"  {label:24s} {med[key] * 1e3:9.1f} ms   {med[key] / stock:.3f}")
+    print(f"  sum of the parts above   {total * 1e3:9.1f} ms   {total / stock:.3f}")
+    print(f"  comm-eff tick            {med['commeff'] * 1e3:9.1f} ms   {med['commeff'] / stock:.3f}")
+    print("  anchor wait (placement=separate): not measured here (see benchmarks/bench_tick.py --ray)")
+
+
+if __name__ == "__main__":
+    main()
