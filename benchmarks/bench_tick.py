@@ -102,9 +102,9 @@ def bench_wait(model_dir: str, ticks: int, placement: str) -> dict:
     actor.commeff_setup(cfg, 1)
     anchor.anchor_setup(cfg, 1)
     driver = AnchorDriver(_schedule(cfg), actor.commeff_snapshot,
-                          anchor.anchor_fire, actor.commeff_offer)
+                          anchor.anchor_fire, actor.commeff_offer, put=ray.put)
 
-    waits, tick_s = [], []
+    waits, fetches, snapshots, tick_s = [], [], [], []
     for tick in tqdm(range(1, ticks + 1), desc=f"ticks ({placement})", unit="tick"):
         batch = make_ppo_batch(seed=tick)
         batch.batch["old_log_probs"] = torch.zeros_like(batch.batch["advantages"])
@@ -115,8 +115,11 @@ def bench_wait(model_dir: str, ticks: int, placement: str) -> dict:
         driver.after_update(tick)
         if tick % 2 == 0:
             waits.append(metrics["commeff/anchor/wait_s"][0])
+        fetches.append(metrics["commeff/anchor/fetch_s"][0])  # at any tick: a result ready early is prefetched
+        snapshots.append(metrics["commeff/anchor/snapshot_s"][0])
     skip = 1
-    return {"wait_s": statistics.mean(waits[skip:]), "tick_s": statistics.median(tick_s[2:])}
+    return {"wait_s": statistics.mean(waits[skip:]), "fetch_s": sum(fetches[2 * skip:]) / len(waits[skip:]),
+            "snapshot_s": statistics.mean(s for s in snapshots[2:] if s > 0), "tick_s": statistics.median(tick_s[2:])}
 
 
 def _schedule(cfg):
@@ -150,6 +153,8 @@ def main(argv=None) -> None:
     for placement, w in waits.items():
         print(f"  anchor {placement:9s}: wait on firing ticks {w['wait_s'] * 1e3:7.1f} ms = "
               f"{w['wait_s'] / w['tick_s']:.3f} of a tick ({w['tick_s'] * 1e3:.1f} ms, K=1, cadence 2, under Ray)")
+        print(f"  anchor {placement:9s}: fetch {w['fetch_s'] * 1e3:7.1f} ms per fire, snapshot "
+              f"{w['snapshot_s'] * 1e3:7.1f} ms per snapshot (actor side)")
 
 
 if __name__ == "__main__":

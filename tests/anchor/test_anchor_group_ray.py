@@ -6,6 +6,8 @@ Hugging Face + torch at the snapshot weights on the paired mini-batch, each acto
 result in that rank's own shard layout (with one anchor rank: resharded from the anchor's
 whole tensors). Then the actor takes the same results in strict mode and merges them,
 its cross-rank check comparing each rank's held M̄ with the anchor's fingerprint of it.
+The snapshot call does not block the caller: it returns at once, and the snapshot is still
+the weights before an ``update_actor`` submitted right after it.
 """
 
 import pytest
@@ -59,15 +61,19 @@ def test_separate_anchor_group_returns_the_dense_gradient_and_the_actor_merges_i
     actor.commeff_setup(cfg, 1)
     anchor.anchor_setup(cfg, 1, WORLD)
 
-    snapshot_refs = actor.commeff_snapshot()  # one ObjectRef per actor rank
+    from verl_commeff.workers.weight_shards import resolve
+
+    snapshot_refs = actor.commeff_snapshot()  # non-blocking: one future per actor rank (a ref to the put shards)
+    assert len(snapshot_refs) == WORLD and all(isinstance(r, ray.ObjectRef) for r in snapshot_refs)
     batch = make_ppo_batch(seed=11)
-    result_refs = anchor.anchor_fire(1, 1, _minibatch(batch), snapshot_refs)  # non-blocking: one ref per anchor rank
+    minibatch_ref = ray.put(_minibatch(batch))  # one object the whole anchor group reads
+    result_refs = anchor.anchor_fire(1, 1, minibatch_ref, snapshot_refs)  # non-blocking: one ref per anchor rank
     assert len(result_refs) == anchor_world
     # what each actor rank fetches: its owner anchor rank's return value, then its own entry
     results = [take_routed(ray.get(result_refs[owner_of(r, anchor_world, WORLD)]), r) for r in range(WORLD)]
 
     # independent expectation at the snapshot weights (FSDP2 shards rows: concatenate the ranks' shards)
-    shards = ray.get(snapshot_refs)
+    shards = [resolve(r) for r in snapshot_refs]
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, torch_dtype=torch.float32)
     names = [n for n, _ in model.named_parameters()]
     state = {n: torch.cat([s[i] for s in shards]) for i, n in enumerate(names)}
@@ -90,7 +96,14 @@ def test_separate_anchor_group_returns_the_dense_gradient_and_the_actor_merges_i
     td = left_right_2_no_padding(batch.to_tensordict())
     tu.assign_non_tensor(td, calculate_entropy=False, global_batch_size=4, mini_batch_size=4, epochs=1, seed=1,
                          dataloader_kwargs={"shuffle": False}, compute_loss=True)
+    before = actor.commeff_snapshot()  # non-blocking, then update_actor at once: the snapshot comes first
     metrics = tu.get(actor.update_actor(td), "metrics")
+    after = [resolve(r) for r in actor.commeff_snapshot()]
+    before = [resolve(r) for r in before]
+    assert all(torch.equal(a, b) for rank_a, rank_b in zip(before, shards) for a, b in zip(rank_a, rank_b))
+    assert not all(torch.equal(a, b) for rank_a, rank_b in zip(after, shards) for a, b in zip(rank_a, rank_b))
+    assert all(s > 0 for s in metrics["commeff/anchor/snapshot_s"])  # the rank timed the snapshot it took
+    assert all(s > 0 for s in metrics["commeff/anchor/fetch_s"])  # and fetching the result
     assert metrics["commeff/merger/merged_ticks"] == [1.0, 1.0]  # both ranks merged at tick 1
     assert metrics["commeff/anchor/fires_used"] == [1.0, 1.0]
     assert metrics["commeff/anchor/age"] == [0.0, 0.0]  # K = 0

@@ -25,7 +25,8 @@ BACKWARDS_PER_FIRE = 2  # cpu_tiny: a mini-batch of 8 prompts × n=8 = 64 sample
 # every commeff/ metric a step with a fire must log (SPEC §6)
 EXPECTED = {
     "commeff/tick", "commeff/anchor/fires", "commeff/anchor/fires_used", "commeff/anchor/backwards",
-    "commeff/anchor/wait_s", "commeff/anchor/age", "commeff/merger/lambda", "commeff/merger/sign_agree",
+    "commeff/anchor/wait_s", "commeff/anchor/fetch_s", "commeff/anchor/snapshot_s", "commeff/anchor/age",
+    "commeff/merger/lambda", "commeff/merger/sign_agree",
     "commeff/merger/cold_ticks", "commeff/merger/merged_ticks", "commeff/merger/delta_ratio",
     "commeff/codec/recon_err/layer_1", "commeff/codec/q_cond/layer_1", "commeff/codec/q_updates",
     "commeff/bytes/codec/sent", "commeff/bytes/codec/dense_equiv", "commeff/bytes/q_bcast/sent",

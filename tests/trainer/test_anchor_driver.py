@@ -28,6 +28,43 @@ def test_tick_minibatches_are_the_workers_minibatches(dp, mini, epochs):
     assert got == expected and len(got) == n // mini * epochs
 
 
+@pytest.mark.parametrize("dp, mini, epochs", [(2, 4, 1), (2, 2, 2)])
+def test_tick_minibatches_builds_only_the_kept_ticks(dp, mini, epochs):
+    """keep(i) False: None (nothing copied); kept ticks are the very mini-batches built without keep."""
+    from tensordict import TensorDict
+
+    n = 16
+    data = TensorDict({"sample": torch.arange(n)}, batch_size=[n])
+    everything = [mb["sample"].tolist() for mb in tick_minibatches(data, dp, mini, epochs)]
+    kept = tick_minibatches(data, dp, mini, epochs, keep=lambda i: i % 3 == 1)
+    assert len(kept) == len(everything)
+    for i, (mb, want) in enumerate(zip(kept, everything)):
+        assert (mb is None) if i % 3 != 1 else mb["sample"].tolist() == want
+
+
+def test_driver_puts_each_minibatch_once_and_submits_the_ref_to_the_group():
+    """put() once per fire (not per anchor rank, not again on resubmission); submit gets what put returned."""
+    puts, submitted = [], []
+
+    def put(minibatch):
+        puts.append(minibatch)
+        return ("ref", minibatch)
+
+    driver = AnchorDriver(FireSchedule(2, 2, 2), take_snapshot=lambda: ["snap"],
+                          submit=lambda fire, source, mb, snap: submitted.append((fire, mb)) or ["f"],
+                          offer=lambda fire, futures: None, put=put)
+    for step in (1, 2):
+        ticks = range((step - 1) * 2 + 1, step * 2 + 1)
+        driver.before_update(step, [("mb", t) for t in ticks])
+    pending = sorted(driver.pending_futures())
+    assert pending and puts == [("mb", driver.ring.job(f).source_tick) for f in sorted(f for f, _ in submitted)]
+    assert [mb for _, mb in submitted] == [("ref", p) for p in puts]
+    before = len(puts)
+    assert driver.resubmit_pending() == pending  # an anchor restart: the same refs go to the new group
+    assert len(puts) == before and [mb for _, mb in submitted[-len(pending):]] == [
+        ("ref", ("mb", driver.ring.job(f).source_tick)) for f in pending]
+
+
 def test_tick_minibatches_refuses_sizes_verl_refuses():
     from tensordict import TensorDict
 
@@ -85,16 +122,14 @@ def _run_actor(sync, k, cadence, steps, finish_delay=0):
     shapes = [p.shape for _, p in state.targets]
 
     class Later:
-        """Finishes ``finish_delay`` polls after submission; strict waiting would not poll."""
+        """Finishes ``finish_delay`` ticks after its fire tick (the actor polls it every tick, prefetching)."""
 
         def __init__(self, result):
-            self.fire_tick, self._result, self._polls = result.fire_tick, result, 0
+            self.fire_tick, self._result = result.fire_tick, result
 
         def get(self, timeout):
-            if timeout is None:
-                return self._result
-            self._polls += 1
-            return self._result if self._polls > finish_delay else None
+            assert timeout == 0, "free mode must poll, never wait"
+            return self._result if state.clock.tick >= self.fire_tick + finish_delay else None
 
     def submit(fire, source, minibatch, snapshot):
         m = [torch.full(s, float(source)) for s in shapes]  # M̄ stamped with its source tick

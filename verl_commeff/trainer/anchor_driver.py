@@ -12,9 +12,16 @@ At the start of every global step's actor update the driver
    futures to the actor ranks, which wait for them (``sync=strict``) or poll them
    (``sync=free``) at their fire ticks;
 
-and after the update it releases the fires the actor has consumed. The replayed
-mini-batches' bytes (the tensors handed to the anchor group) are the ledger's
-``anchor_minibatch`` path (:mod:`verl_commeff.ledger`).
+and after the update it releases the fires the actor has consumed.
+
+Nothing here waits for the actor: the snapshot call is non-blocking (its futures go to
+the anchor, which resolves them), and each fire's mini-batch is put in Ray's object store
+once (``put``) and handed to the anchor group as that one ref, which every anchor rank
+reads (not serialised into each rank's call). Only the kept rows travel: the ring keeps
+only fire-paired mini-batches, and the trainer builds only those
+(:func:`tick_minibatches` with ``keep``). The ledger's ``anchor_minibatch`` path
+(:mod:`verl_commeff.ledger`) counts a fire's mini-batch bytes once per submission to the
+anchor group (what is put), whatever the number of anchor ranks reading it.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from verl_commeff.schedule import FireSchedule
 __all__ = ["AnchorDriver", "tick_minibatches"]
 
 
-def tick_minibatches(data: Any, dp_size: int, mini_batch_size: int, epochs: int) -> list[Any]:
+def tick_minibatches(data: Any, dp_size: int, mini_batch_size: int, epochs: int,
+                     keep: Optional[Callable[[int], bool]] = None) -> list[Any]:
     """The global mini-batch of every tick of a step, in tick order.
 
     verl dispatches the step's batch to the DP ranks in contiguous chunks, and each rank
@@ -42,6 +50,8 @@ def tick_minibatches(data: Any, dp_size: int, mini_batch_size: int, epochs: int)
         dp_size: the actor's data-parallel size.
         mini_batch_size: samples per global mini-batch (``ppo_mini_batch_size × n``).
         epochs: ``ppo_epochs``.
+        keep: ``keep(i)`` for the step's i-th tick (0-based): whether to build its
+            mini-batch; the others are None (nothing is copied for them). None = all.
 
     Raises:
         ValueError: sizes that do not divide as verl requires.
@@ -53,11 +63,16 @@ def tick_minibatches(data: Any, dp_size: int, mini_batch_size: int, epochs: int)
         raise ValueError(f"batch of {n} samples, dp_size={dp_size}, mini_batch_size={mini_batch_size}: "
                          "the batch must split into whole per-rank mini-batches")
     per_rank, per_rank_mini = n // dp_size, mini_batch_size // dp_size
+    per_epoch = per_rank // per_rank_mini
     minibatches = []
-    for i in range(per_rank // per_rank_mini):
+    for tick in range(per_epoch * epochs):
+        if keep is not None and not keep(tick):
+            minibatches.append(None)
+            continue
+        i = tick % per_epoch
         rows = [r * per_rank + i * per_rank_mini + j for r in range(dp_size) for j in range(per_rank_mini)]
         minibatches.append(tu.index_select_tensor_dict(data, rows))
-    return minibatches * epochs
+    return minibatches
 
 
 class AnchorDriver:
@@ -70,6 +85,8 @@ class AnchorDriver:
         submit: ``submit(fire_tick, source_tick, minibatch, snapshot)`` starts a fire on the
             anchor group and returns its futures (one per anchor rank), without blocking.
         offer: ``offer(fire_tick, futures)`` hands a fire's futures to the actor ranks.
+        put: stores a fire's mini-batch once and returns what ``submit`` passes on (``ray.put``:
+            a ref every anchor rank reads); default: the mini-batch itself.
     """
 
     def __init__(
@@ -78,22 +95,27 @@ class AnchorDriver:
         take_snapshot: Callable[[], Any],
         submit: Callable[[int, int, Any, Any], Sequence[Any]],
         offer: Callable[[int, Sequence[Any]], None],
+        put: Optional[Callable[[Any], Any]] = None,
     ):
         self.schedule = schedule
         self.ring = ReplayRing(schedule)
         self._take_snapshot = take_snapshot
         self._submit = submit
         self._offer = offer
+        self._put = put if put is not None else (lambda minibatch: minibatch)
         self.fires_submitted = 0
         self.snapshots_taken = 0
         self._submit_s = 0.0
         self._futures: dict[int, Sequence[Any]] = {}  # fire tick -> futures, until the actor has taken it
-        self._minibatch_bytes = 0  # this step, per anchor rank
+        self._puts: dict[int, Any] = {}  # fire tick -> its stored mini-batch, reused by a resubmission
+        self._minibatch_bytes = 0  # this step, once per submission to the anchor group
 
     def _submit_fire(self, job) -> Sequence[Any]:
-        # every anchor rank receives the whole global mini-batch (and takes its share)
+        # one object for the whole group: every anchor rank reads the global mini-batch (and takes its share)
         self._minibatch_bytes += payload_bytes(job.batch)
-        return self._submit(job.fire_tick, job.source_tick, job.batch, job.snapshot)
+        if job.fire_tick not in self._puts:
+            self._puts[job.fire_tick] = self._put(job.batch)
+        return self._submit(job.fire_tick, job.source_tick, self._puts[job.fire_tick], job.snapshot)
 
     def _snapshot(self) -> Any:
         self.snapshots_taken += 1
@@ -120,6 +142,7 @@ class AnchorDriver:
         for fire in [job.fire_tick for job in self.ring.pending_jobs() if job.fire_tick <= last_tick]:
             self.ring.release(fire)
             self._futures.pop(fire, None)
+            self._puts.pop(fire, None)
 
     def pending_futures(self) -> dict[int, Sequence[Any]]:
         """The futures of every submitted fire the actor has not taken yet, by fire tick."""

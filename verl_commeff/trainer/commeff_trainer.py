@@ -44,6 +44,7 @@ from verl_commeff.schedule import FireSchedule
 from verl_commeff.trainer.anchor_driver import AnchorDriver, tick_minibatches
 from verl_commeff.trainer.reproducible import ReproducibleBatchesMixin
 from verl_commeff.trainer.anchor_group import anchor_resource_pool, build_anchor_group, restart_anchor_group
+from verl_commeff.workers.weight_shards import resolve
 
 logger = logging.getLogger(__name__)
 
@@ -136,9 +137,10 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
             self.anchor_wg = self._build_anchor_group()
             self.anchor_driver = AnchorDriver(
                 self.commeff_schedule,
-                take_snapshot=self.actor_rollout_wg.commeff_snapshot,
+                take_snapshot=self.actor_rollout_wg.commeff_snapshot,  # non-blocking: futures the anchor resolves
                 submit=lambda *job: self.anchor_wg.anchor_fire(*job),  # the group of the moment (restarts)
                 offer=self.actor_rollout_wg.commeff_offer,
+                put=ray.put,  # each fire's mini-batch: one object the whole anchor group reads
             )
             if self._commeff_resume is not None:
                 driver = self._commeff_resume
@@ -194,7 +196,7 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
 
     # ---- the actor update --------------------------------------------------------------
     def _step_minibatches(self, batch) -> list:
-        """This step's per-tick global mini-batches (fetched only if the ring keeps one)."""
+        """This step's per-tick global mini-batches: the kept ones, None for the others (fetched only if one is kept)."""
         tps = self.commeff_ticks_per_step
         first = self._commeff_step * tps - tps + 1
         if not any(self.commeff_schedule.retains(t) for t in range(first, first + tps)):
@@ -206,7 +208,7 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
         tu.assign_non_tensor(data, **{k: v for k, v in batch.extra_info.items() if not isinstance(v, dict)})
         actor, n = self.config.actor_rollout_ref.actor, self.config.actor_rollout_ref.rollout.n
         return tick_minibatches(data, self.actor_rollout_wg.world_size, actor.ppo_mini_batch_size * n,
-                                actor.ppo_epochs)
+                                actor.ppo_epochs, keep=lambda i: self.commeff_schedule.retains(first + i))
 
     def _update_actor(self, batch, metrics):
         if not self.commeff_cfg.enable:
@@ -240,8 +242,9 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
                      "anchor_restarts": self._anchor_restarts}
             if self.anchor_driver is not None:
                 driver = self.anchor_driver.state_dict()
-                # snapshots are ObjectRefs of this run: store their tensors
-                driver["ring"]["snapshots"] = {s: ray.get(list(refs)) for s, refs in driver["ring"]["snapshots"].items()}
+                # snapshots are ObjectRefs of this run (a non-blocking call's ref to a ref): store their tensors
+                driver["ring"]["snapshots"] = {s: [resolve(r) for r in refs]
+                                               for s, refs in driver["ring"]["snapshots"].items()}
                 state["driver"] = driver
                 state["anchor"] = self._anchor_checkpoint()
             torch.save(state, os.path.join(path, DRIVER_STATE))

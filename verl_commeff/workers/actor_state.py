@@ -5,12 +5,23 @@ boundary codec installed on the model, the merger, the anchor results waiting to
 used, and the telemetry. It holds no verl object, so it is tested on plain modules; the
 engine mixin (:mod:`verl_commeff.workers.engine`) calls it at four points:
 
-1. ``begin_tick()`` when a PPO mini-batch starts (``train_batch``): the clock advances;
+1. ``begin_tick()`` when a PPO mini-batch starts (``train_batch``): the clock advances and
+   every anchor result that has finished is fetched (prefetch, below);
 2. ``pass_scope("train" | "old_log_prob" | "ref")`` around the engine's forwards;
 3. ``before_optimizer_step(grads)`` after backward and FSDP's reduction, before
    clipping: exchanges the gradient across HSDP replicas (``commeff.dp_codec``), takes
    the anchor result due at this tick, refreshes Q when due, merges;
 4. ``at_step_boundary()`` before the next step's old-log-prob pass: a staged Q goes live.
+
+Anchor results are prefetched: at the start of every tick and again before the optimizer
+step, each pending result is polled without waiting (``get(timeout=0)``); a finished one is
+fetched (Ray's transfer and deserialisation) and moved to the gradients' device
+(``non_blocking``) into a ready slot, so at its fire tick it is already local. ``sync=strict``
+waits only for a result not in its slot yet. A failure found early is kept in the slot and
+surfaces when the fire is due, as it would have unprefetched. Times per step:
+``commeff/anchor/wait_s`` (blocked on a result not yet finished), ``commeff/anchor/fetch_s``
+(fetching and moving results, wherever it happened), ``commeff/anchor/snapshot_s``
+(taking this rank's weight snapshot, see :meth:`CommEffActorState.record_snapshot_time`).
 """
 
 from __future__ import annotations
@@ -94,18 +105,20 @@ class AnchorResult:
     q_fingerprint: Optional[torch.Tensor] = None
     ema_updates: int = 0
 
-    def to(self, device: torch.device | str) -> "AnchorResult":
-        """This result with its tensors on ``device`` (a checkpoint holds host copies)."""
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "AnchorResult":
+        """This result with its tensors on ``device`` (a checkpoint holds host copies); the
+        fingerprints stay on the host (they are compared there)."""
         from verl_commeff.mergers.sign_bits import PackedSigns
 
         if self.m_bar is None:  # a rejected fire sends nothing
             m_bar = None
         elif isinstance(self.m_bar, PackedSigns):
-            m_bar = PackedSigns([b.to(device) for b in self.m_bar.bits], self.m_bar.shapes)
+            m_bar = PackedSigns([b.to(device, non_blocking=non_blocking) for b in self.m_bar.bits], self.m_bar.shapes)
         else:
-            m_bar = [m.to(device) for m in self.m_bar]
+            m_bar = [m.to(device, non_blocking=non_blocking) for m in self.m_bar]
+
         def move(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-            return None if t is None else t.to(device)
+            return None if t is None else t.to(device, non_blocking=non_blocking)
 
         return dataclasses.replace(self, m_bar=m_bar, sketch=move(self.sketch), q_fingerprint=move(self.q_fingerprint))
 
@@ -134,6 +147,8 @@ class PendingResult(Protocol):
     """An anchor result that may still be computing (a Ray future, or a ready value).
 
     ``anchor_rank`` (optional attribute) names the anchor rank computing it, for messages.
+    ``wait(timeout) -> bool`` (optional method) says whether it is there without fetching it;
+    with it, ``sync=strict`` times waiting (``wait_s``) apart from fetching (``fetch_s``).
     """
 
     fire_tick: int
@@ -225,8 +240,12 @@ class CommEffActorState:
         self._model = model
         target_ids = {id(p) for _, p in self.targets}
         self._dp_targets = {n for n, p in model.named_parameters() if id(p) in target_ids}
-        self._inbox: dict[int, PendingResult] = {}
-        self._wait_s = 0.0  # actor wait for anchor results this step
+        self._inbox: dict[int, PendingResult] = {}  # offered, not fetched yet
+        self._ready: dict[int, AnchorResult | AnchorFailure] = {}  # fetched (on the gradients' device), not taken
+        self._grad_device: Optional[torch.device] = None  # of the last gradients merged
+        self._wait_s = 0.0  # actor blocked on anchor results not yet finished, this step
+        self._fetch_s = 0.0  # actor fetching anchor results and moving them to the device, this step
+        self._snapshot_s = 0.0  # actor taking weight snapshots, this step
         self._fires_used = 0
         self._age_sum = 0
         self._age_n = 0
@@ -252,10 +271,12 @@ class CommEffActorState:
 
     # ---- the tick ----------------------------------------------------------------------
     def begin_tick(self) -> int:
-        """Advance the clock by one optimizer step (starting the next global step if due)."""
+        """Advance the clock by one optimizer step (starting the next global step if due); prefetch."""
         if self.clock.step_complete:
             self.clock.begin_step()
-        return self.clock.advance()
+        tick = self.clock.advance()
+        self.prefetch()
+        return tick
 
     def at_step_boundary(self) -> bool:
         """Make a staged Q live (before the next old-log-prob pass); True if one went live."""
@@ -265,7 +286,42 @@ class CommEffActorState:
         """Hand over an anchor result (or its future) for fire ``pending.fire_tick``."""
         if not self.schedule.fires_at(pending.fire_tick):
             raise ValueError(f"anchor result for tick {pending.fire_tick}, which is not a fire tick")
+        self._ready.pop(pending.fire_tick, None)  # a resubmitted fire replaces what its first run left
         self._inbox[pending.fire_tick] = pending
+
+    # ---- fetching anchor results -------------------------------------------------------
+    def prefetch(self) -> None:
+        """Fetch every anchor result that has finished into its ready slot; never waits."""
+        for fire in sorted(self._inbox):
+            self._fetch(fire, timeout=0)
+
+    def _fetch(self, fire: int, timeout: Optional[float]) -> bool:
+        """Fire ``fire``'s result into its ready slot if it is there within ``timeout``; whether it now is.
+
+        Fetched: ``get`` (Ray's transfer and deserialisation), then the tensors moved to the
+        gradients' device (``non_blocking``); that time is ``fetch_s``. A failure is kept in the
+        slot as it is, to surface when the fire is due.
+        """
+        start = time.perf_counter()
+        try:
+            result = self._inbox[fire].get(timeout=timeout)
+        except AnchorFailure as failure:
+            self._ready[fire] = failure
+        else:
+            if result is None:
+                return False
+            self._ready[fire] = result.to(self._result_device(), non_blocking=True)
+            self._fetch_s += time.perf_counter() - start
+        del self._inbox[fire]
+        return True
+
+    def _result_device(self) -> torch.device:
+        """The gradients' device: of the last gradients merged, else of the first target's local shard."""
+        if self._grad_device is not None:
+            return self._grad_device
+        from verl_commeff.mergers.grad_layout import local_view
+
+        return local_view(self.targets[0][1]).device
 
     def _take_result(self, tick: int) -> tuple[Optional[AnchorResult], Optional[AnchorResult]]:
         """(the anchor result to hold at ``tick``, the result whose sketch refreshes Q), per ``anchor.sync``.
@@ -278,19 +334,18 @@ class CommEffActorState:
         if self.cfg.anchor.sync == "strict":
             if not self.schedule.fires_at(tick):
                 return None, None
-            pending = self._inbox.pop(tick, None)
-            if pending is None:
+            if tick not in self._inbox and tick not in self._ready:
                 raise RuntimeError(
-                    f"sync=strict: no anchor job was submitted for fire tick {tick} "
-                    f"(inbox: {sorted(self._inbox)}); the trainer must submit fires at the start of their source step"
+                    f"sync=strict: no anchor job was submitted for fire tick {tick} (inbox: "
+                    f"{sorted({*self._inbox, *self._ready})}); the trainer must submit fires at the start of their "
+                    "source step"
                 )
-            result = self._wait_strict(pending, tick)
+            result = self._wait_strict(tick)
             return result, result
         finished = []
-        for fire in sorted(t for t in self._inbox if t <= tick):
-            result = self._poll_free(fire)
+        for fire in sorted(t for t in self._ready if t <= tick):
+            result = self._take_free(fire)
             if result is not None:
-                del self._inbox[fire]
                 finished.append(result)
         held = self.merger.produced_tick or 0
         usable = [r for r in finished if not r.rejected and r.fire_tick > held]
@@ -321,13 +376,26 @@ class CommEffActorState:
             "commeff: the anchor rejected fire %d (non-finite M or sketch); the actor keeps its held M̄ "
             "(counted in commeff/anchor/rejected_fires)", result.fire_tick)
 
-    def _wait_strict(self, pending: PendingResult, tick: int) -> AnchorResult:
-        """sync=strict: wait for fire ``tick``, logging every ``wait_log_s``; fail after ``wait_timeout_s``."""
+    def _wait_strict(self, tick: int) -> AnchorResult:
+        """sync=strict: fire ``tick``'s result, from its slot or waited for (logging every ``wait_log_s``,
+        failing after ``wait_timeout_s``); only the wait for a result not yet there is ``wait_s``."""
+        if tick not in self._ready:
+            self._wait_for(tick)
+        result = self._ready.pop(tick)
+        if isinstance(result, AnchorFailure):
+            raise RuntimeError(
+                f"sync=strict cannot continue: {result}. Strict mode needs every fire; "
+                "commeff.anchor.sync=free continues on the held M̄ (and restarts the anchor group)") from result
+        return result
+
+    def _wait_for(self, tick: int) -> None:
+        """sync=strict: block until fire ``tick``'s result (or failure) is in its slot; the time is ``wait_s``."""
         anchor = self.cfg.anchor
+        pending = self._inbox[tick]
         rank = getattr(pending, "anchor_rank", None)
-        start = time.perf_counter()
+        start, fetch_before = time.perf_counter(), self._fetch_s
         try:
-            while True:
+            while tick not in self._ready:
                 waited = time.perf_counter() - start
                 remaining = anchor.wait_timeout_s - waited
                 if remaining <= 0:
@@ -335,29 +403,30 @@ class CommEffActorState:
                         f"sync=strict: anchor fire {tick} from anchor rank {rank} is not ready after {waited:.0f}s "
                         f"(commeff.anchor.wait_timeout_s={anchor.wait_timeout_s:g}): the anchor is stalled or far "
                         "slower than the actor; raise the timeout, or use commeff.anchor.sync=free")
-                result = pending.get(timeout=min(anchor.wait_log_s, remaining))
-                if result is not None:
-                    return result
+                timeout = min(anchor.wait_log_s, remaining)
+                if hasattr(pending, "wait"):  # wait, then fetch: the two times apart
+                    if pending.wait(timeout) and self._fetch(tick, timeout=0):
+                        break
+                elif self._fetch(tick, timeout=timeout):
+                    break
                 logger.warning("commeff: tick %d waiting for anchor fire %d from anchor rank %s: %.0fs of %gs "
                                "(sync=strict)", tick, tick, rank, time.perf_counter() - start, anchor.wait_timeout_s)
-        except AnchorFailure as failure:
-            raise RuntimeError(
-                f"sync=strict cannot continue: {failure}. Strict mode needs every fire; "
-                "commeff.anchor.sync=free continues on the held M̄ (and restarts the anchor group)") from failure
+        except AnchorFailure as failure:  # from wait(): the fetch keeps failures in the slot itself
+            self._ready[tick] = failure
+            del self._inbox[tick]
         finally:
-            self._wait_s += time.perf_counter() - start
+            self._wait_s += time.perf_counter() - start - (self._fetch_s - fetch_before)
 
-    def _poll_free(self, fire: int) -> Optional[AnchorResult]:
-        """sync=free: fire ``fire``'s result if finished; a failed fire is dropped, counted, logged once."""
-        try:
-            return self._inbox[fire].get(timeout=0)
-        except AnchorFailure as failure:
-            del self._inbox[fire]
+    def _take_free(self, fire: int) -> Optional[AnchorResult]:
+        """sync=free: fire ``fire``'s fetched result; a failed fire is dropped, counted, logged once."""
+        result = self._ready.pop(fire)
+        if isinstance(result, AnchorFailure):
             self._failed_fires += 1
             if self._failed_fires == 1:
                 logger.warning("commeff: %s; sync=free: continuing on the held M̄ (its age grows); further failed "
-                               "fires are counted in commeff/anchor/failed_fires", failure)
+                               "fires are counted in commeff/anchor/failed_fires", result)
             return None
+        return result
 
     def before_optimizer_step(self, grads: Sequence[torch.Tensor]) -> None:
         """Take the due anchor result, refresh Q when due, and merge ``grads`` in place.
@@ -366,12 +435,17 @@ class CommEffActorState:
             grads: this rank's gradients of :attr:`targets`, in order, after FSDP's reduction.
         """
         tick = self.clock.tick
+        if grads:
+            self._grad_device = grads[0].device
         # Step 0: across HSDP replicas, PowerSGD for the targets, dense for the rest (in place).
         if self.dp_codec is not None:
             from verl_commeff.dp_codec.hsdp import exchange_module_grads_
 
             exchange_module_grads_(self.dp_codec, self._model.named_parameters(), self._dp_targets, self.dp_groups)
-        # Step 1: the anchor result due at this tick becomes the held M̄ (and maybe Q's sketch).
+        # Step 1: the anchor result due at this tick becomes the held M̄ (and maybe Q's sketch);
+        # results that finished during the forward/backward are fetched first.
+        if self.cfg.anchor.enable:
+            self.prefetch()
         result, sketch_of = self._take_result(tick) if self.cfg.anchor.enable else (None, None)
         if result is not None and result.rejected:  # non-finite on the anchor (strict): keep the held M̄ and Q
             self._count_rejected(result)
@@ -413,6 +487,10 @@ class CommEffActorState:
         self._bytes["anchor_snapshot"] += num_bytes
         return num_bytes
 
+    def record_snapshot_time(self, seconds: float) -> None:
+        """Add the seconds this rank spent taking (copying and putting) a snapshot (``commeff/anchor/snapshot_s``)."""
+        self._snapshot_s += seconds
+
     def metrics(self) -> dict[str, float]:
         """This step's ``commeff/*`` metrics (one host sync per step)."""
         out = dict(self.merger.metrics())
@@ -420,6 +498,8 @@ class CommEffActorState:
             out.update(self.codec.metrics())
         out["commeff/tick"] = float(self.clock.tick)
         out["commeff/anchor/wait_s"] = self._wait_s
+        out["commeff/anchor/fetch_s"] = self._fetch_s
+        out["commeff/anchor/snapshot_s"] = self._snapshot_s
         out["commeff/anchor/fires_used"] = float(self._fires_used)
         out["commeff/anchor/backwards"] = float(self._anchor_backwards)
         out["commeff/anchor/rejected_fires"] = float(self._rejected_fires)
@@ -439,7 +519,8 @@ class CommEffActorState:
         if self._age_n:
             out["commeff/anchor/age"] = self._age_sum / self._age_n
         out.update(ledger_totals(out))  # this rank's paths; the trainer recomputes with the driver's
-        self._wait_s, self._age_sum, self._age_n, self._q_gap = 0.0, 0, 0, None
+        self._wait_s, self._fetch_s, self._snapshot_s = 0.0, 0.0, 0.0
+        self._age_sum, self._age_n, self._q_gap = 0, 0, None
         self._bytes = dict.fromkeys(self._bytes, 0)
         self._m_bar_shard_bytes = 0
         return out

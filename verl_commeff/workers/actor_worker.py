@@ -14,6 +14,7 @@ The trainer configures the actor after ``init_model`` with the ONE_TO_ALL call
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Optional
 
 from verl.single_controller.base.decorator import Dispatch, register
@@ -53,22 +54,38 @@ class CommEffActorRolloutRefWorker(ActorRolloutRefWorker):
         cfg = commeff_config if isinstance(commeff_config, CommEffConfig) else to_commeff_config(commeff_config)
         self.actor.engine.commeff_setup(cfg, ticks_per_step)
 
-    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL, blocking=False)
     def commeff_snapshot(self):
-        """This rank's generator-weight shards, put in Ray's object store; returns the ObjectRef.
+        """This rank's generator-weight shards, put in Ray's object store once; returns that ObjectRef.
 
         Called by the trainer at the start of a step whose mini-batches the replay ring keeps
         (before ``update_actor``), so the snapshot is the weights the rollout sampled with.
+        Non-blocking: the trainer gets at once, per rank, a ref to the ref returned here (Ray
+        stores only that small ref; the shards are put once, here) and hands them on to the
+        anchor, which resolves both levels. The rank runs its calls in order, so the copy is
+        taken before the ``update_actor`` submitted after it. On a GPU the copy is
+        asynchronous into pinned host memory reused across snapshots
+        (:func:`~verl_commeff.workers.weight_shards.export_local_shards`).
+
         Its bytes (the tensors put in the object store) are counted in this step's
-        ``commeff/bytes/anchor_snapshot/sent``.
+        ``commeff/bytes/anchor_snapshot/sent``; the seconds this method takes (copy and put)
+        in ``commeff/anchor/snapshot_s``.
         """
+        import time
+
         import ray
 
         from verl_commeff.workers.weight_shards import export_local_shards
 
-        shards = export_local_shards(self.actor.engine.module)
-        self.actor.engine.commeff.record_snapshot(shards)
-        return ray.put(shards)
+        start = time.perf_counter()
+        commeff = self.actor.engine.commeff
+        shards = export_local_shards(self.actor.engine.module, out=getattr(self, "_commeff_pinned", None))
+        if shards and shards[0].is_pinned():  # reusable once put: ray.put copies into the object store
+            self._commeff_pinned = shards
+        commeff.record_snapshot(shards)
+        ref = ray.put(shards)
+        commeff.record_snapshot_time(time.perf_counter() - start)
+        return ref
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def commeff_newest_basis(self):
@@ -94,9 +111,12 @@ class CommEffActorRolloutRefWorker(ActorRolloutRefWorker):
 
 
 class RayPendingResult:
-    """An anchor result still in Ray: ``get(timeout=0)`` polls, ``get(None)`` waits.
+    """An anchor result still in Ray: ``wait(timeout)`` says whether it is there, ``get`` fetches it.
 
-    A dead anchor worker or an exception in its fire surfaces as
+    ``get(timeout=0)`` polls (None when not ready), ``get(None)`` waits; fetching is
+    ``ray.get`` (the transfer and deserialisation), resolving a ref to a ref as well. The
+    actor state prefetches with ``get(0)`` at every tick and moves the result to the
+    gradients' device itself. A dead anchor worker or an exception in its fire surfaces as
     :class:`~verl_commeff.workers.actor_state.AnchorFailure` (not Ray's own error types),
     so the actor state decides: ``sync=free`` continues, ``sync=strict`` stops.
     """
@@ -107,22 +127,36 @@ class RayPendingResult:
         self.actor_rank = anchor_rank if actor_rank is None else actor_rank
         self._ref = ref
 
-    def get(self, timeout):
+    def wait(self, timeout: Optional[float]) -> bool:
+        """Whether the result (or its failure) is there within ``timeout`` seconds, without fetching it."""
         import ray
 
+        with self._as_anchor_failure():
+            ready, _ = ray.wait([self._ref], timeout=timeout, fetch_local=False)
+        return bool(ready)
+
+    def get(self, timeout: Optional[float]):
+        """The result, fetched (None if not there within ``timeout``; None = wait)."""
+        import ray
+
+        if timeout is not None and not self.wait(timeout):
+            return None
         from verl_commeff.anchor.reshard import take_routed
+        from verl_commeff.workers.weight_shards import resolve
+
+        with self._as_anchor_failure():
+            result = resolve(take_routed(ray.get(self._ref), self.actor_rank))  # only this rank's bytes (A < N)
+        return result  # the actor state moves it to the gradients' device (a resumed run's are on the host)
+
+    @contextlib.contextmanager
+    def _as_anchor_failure(self):
+        import ray
+
         from verl_commeff.workers.actor_state import AnchorFailure
 
         try:
-            if timeout is not None:
-                ready, _ = ray.wait([self._ref], timeout=timeout)
-                if not ready:
-                    return None
-            result = take_routed(ray.get(self._ref), self.actor_rank)  # only this rank's bytes (A < N)
+            yield
         except ray.exceptions.RayError as error:
             cause = "its worker died" if isinstance(error, ray.exceptions.RayActorError) else "the fire raised"
             raise AnchorFailure(self.fire_tick, self.anchor_rank, f"{cause} ({type(error).__name__}: "
                                 f"{str(error).strip().splitlines()[0] if str(error).strip() else ''})") from error
-        from verl.utils.device import get_device_name
-
-        return result.to(get_device_name())  # no-op for a fresh result; a resumed run's saved ones are on the host

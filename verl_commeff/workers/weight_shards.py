@@ -4,11 +4,16 @@ An anchor worker group of the actor's world size holds exactly the shards actor 
 holds (a smaller one reshards them, :mod:`verl_commeff.anchor.reshard`): a snapshot is the list of each
 parameter's local shard (FSDP2: the DTensor's local tensor; FSDP1 with
 ``use_orig_params``: the flat-parameter view), copied in module order.
+
+A snapshot is taken off the actor's critical path as far as the device allows
+(:func:`export_local_shards`): from an accelerator, every shard is copied asynchronously
+into pinned host memory on a side stream and one event is waited for at the end (one host
+synchronisation per snapshot, none per shard); on the CPU the copy is a plain clone.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -18,10 +23,51 @@ from verl_commeff.mergers.grad_layout import local_view
 __all__ = ["export_local_shards", "load_local_shards", "publish", "resolve"]
 
 
-def export_local_shards(module: nn.Module, device: str | torch.device = "cpu") -> list[torch.Tensor]:
-    """Copies of this rank's parameter shards, in ``module.parameters()`` order."""
+def export_local_shards(
+    module: nn.Module, device: str | torch.device = "cpu", out: Optional[list[torch.Tensor]] = None
+) -> list[torch.Tensor]:
+    """Copies of this rank's parameter shards, in ``module.parameters()`` order.
+
+    CUDA shards copied to the host go through :func:`_pinned_host_copy` (asynchronous copies
+    into pinned memory, one synchronisation); anything else is a plain copy.
+
+    Args:
+        module: the (FSDP-wrapped) model.
+        device: where the copies go.
+        out: pinned host buffers of a previous snapshot of the same layout, reused (the
+            caller must be done with them: e.g. ``ray.put`` has copied them); ignored on
+            the plain path or when a shape or dtype differs.
+    """
     with torch.no_grad():
-        return [local_view(p).detach().to(device, copy=True) for p in module.parameters()]
+        shards = [local_view(p).detach() for p in module.parameters()]
+        if torch.device(device).type == "cpu" and shards and all(s.is_cuda for s in shards):
+            return _pinned_host_copy(shards, out)
+        return [s.to(device, copy=True) for s in shards]
+
+
+def _pinned_host_copy(shards: list[torch.Tensor], out: Optional[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Host copies of CUDA ``shards`` without a synchronous copy per shard.
+
+    1. Pinned host buffers: ``out`` when it matches the shards' shapes and dtypes, else new ones.
+    2. Every copy queued on a side stream, ordered after the work already queued on the
+       compute stream (the optimizer step that last wrote the weights), ``non_blocking``.
+    3. One event recorded after the last copy and waited for: the only host synchronisation.
+    """
+    # Step 1: pinned buffers (reused across snapshots of the same layout).
+    if out is None or len(out) != len(shards) or any(
+            o.shape != s.shape or o.dtype != s.dtype or not o.is_pinned() for o, s in zip(out, shards)):
+        out = [torch.empty(s.shape, dtype=s.dtype, device="cpu", pin_memory=True) for s in shards]
+    # Step 2: asynchronous copies on a side stream that waits for the compute stream.
+    device = shards[0].device
+    stream = torch.cuda.Stream(device=device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for o, s in zip(out, shards):
+            o.copy_(s, non_blocking=True)
+        done = stream.record_event()
+    # Step 3: one synchronisation for the whole snapshot.
+    done.synchronize()
+    return out
 
 
 def load_local_shards(module: nn.Module, shards: list[torch.Tensor]) -> None:
@@ -44,12 +90,15 @@ def load_local_shards(module: nn.Module, shards: list[torch.Tensor]) -> None:
 
 
 def resolve(value: Any) -> Any:
-    """``ray.get`` a Ray ObjectRef; any other value is returned as it is."""
+    """``ray.get`` a Ray ObjectRef, again while the value is one (a non-blocking call's ref to a
+    ref its method ``ray.put``); any other value is returned as it is."""
     try:
         import ray
     except ImportError:  # pragma: no cover - ray is a verl dependency
         return value
-    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
+    while isinstance(value, ray.ObjectRef):
+        value = ray.get(value)
+    return value
 
 
 def publish(value: Any) -> Any:
