@@ -37,7 +37,7 @@ import torch.distributed as dist
 from verl_commeff.collectives import FP_ABS, FP_SQ, N_FP, fingerprint, gather_rows, tensor_checksum
 from verl_commeff.mergers.dose import STAT_DTYPE, DoseControl, cos_signal, ratio_signal
 from verl_commeff.mergers.grad_layout import check_held_layout, local_view, reduce_group
-from verl_commeff.mergers.sign_bits import PackedSigns
+from verl_commeff.mergers.sign_bits import PackedSigns, SignMasks, unpack_sign_masks
 from verl_commeff.mergers.stats import (
     G_SQ,
     GM_DOT,
@@ -47,6 +47,7 @@ from verl_commeff.mergers.stats import (
     NUMEL,
     LocalHeld,
     global_stats,
+    is_dense,
     positive_mask,
     sign_mismatch,
 )
@@ -124,6 +125,7 @@ class Merger:
         # Held signal.
         self._held: Optional[HeldSignal] = None
         self._held_fp: Optional[torch.Tensor] = None  # (anchor world, N_FP) the anchor's per-rank fingerprints
+        self._held_masks: Optional[SignMasks] = None  # packed signs unpacked once per hold (first apply_)
         self.produced_tick: Optional[int] = None
         self.source_tick: Optional[int] = None
         self._held_checked = False  # layout checked against the grads since the last hold()
@@ -191,15 +193,23 @@ class Merger:
         if fingerprints is not None and (fingerprints.dim() != 2 or fingerprints.shape[1] != N_FP):
             raise ValueError(f"Merger.hold: fingerprints has shape {tuple(fingerprints.shape)}, expected (world, {N_FP})")
         self._held = held
+        self._held_masks = None  # unpacked at the first apply_ after this hold, then reused every tick
         self._held_fp = fingerprints
         self.produced_tick = produced_tick
         self.source_tick = source_tick
         self._held_checked = False
 
     def _local_held(self) -> LocalHeld:
-        """The held M̄ as local tensors (DTensor → ``to_local()``), or its packed signs."""
+        """The held M̄ as local tensors (DTensor → ``to_local()``), or its sign masks.
+
+        Packed sign bits are unpacked to bool masks once per hold (on the first call after
+        :meth:`hold`) and reused on every later tick: no per-tick unpacking, no host sync
+        (the bit weights are cached per device in ``sign_bits``).
+        """
         if isinstance(self._held, PackedSigns):
-            return self._held
+            if self._held_masks is None:
+                self._held_masks = unpack_sign_masks(self._held)
+            return self._held_masks
         return [local_view(m) for m in self._held]
 
     # ------------------------------------------------------------------ subclass hooks
@@ -272,13 +282,11 @@ class Merger:
         g_local = [local_view(g) for g in grads]
         held = self._local_held()
         if not self._held_checked:
-            if isinstance(held, PackedSigns):
-                check_held_layout(held.shapes, [b.device for b in held.bits], g_local)
-            else:
-                check_held_layout([m.shape for m in held], [m.device for m in held], g_local)
+            masks = held.masks if isinstance(held, SignMasks) else held
+            check_held_layout([m.shape for m in masks], [m.device for m in masks], g_local)
             self._held_checked = True
         self.last_tick = tick
-        dense = not isinstance(held, PackedSigns)
+        dense = is_dense(held)
         zero = torch.zeros((), dtype=STAT_DTYPE, device=g_local[0].device)
 
         # Step 4: partial sums, one all-reduce.
@@ -339,8 +347,9 @@ class Merger:
         """What this rank holds: its local M̄ tensors, or its packed sign bytes ([] when cold)."""
         if self._held is None:
             return []
-        held = self._local_held()
-        return list(held.bits) if isinstance(held, PackedSigns) else list(held)
+        if isinstance(self._held, PackedSigns):
+            return list(self._held.bits)  # the packed bytes, as the anchor fingerprinted them
+        return list(self._local_held())
 
     def _check_ranks(self, device: torch.device, tick: int, inputs: Optional[torch.Tensor], sharded: bool) -> None:
         """Fingerprint what this rank holds and compare it across ranks and with the anchor's.

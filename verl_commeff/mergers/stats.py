@@ -25,19 +25,26 @@ import torch.distributed as dist
 
 from verl_commeff.collectives import all_reduce_
 from verl_commeff.mergers.dose import STAT_DTYPE
-from verl_commeff.mergers.sign_bits import PackedSigns, sign_mask
+from verl_commeff.mergers.sign_bits import PackedSigns, SignMasks, sign_mask
 
 __all__ = ["G_SQ", "GM_DOT", "MISMATCH_COUNT", "MISMATCH_G_SQ", "M_SQ", "NUMEL", "N_STATS", "global_stats",
-           "positive_mask", "sign_mismatch"]
+           "is_dense", "positive_mask", "sign_mismatch"]
 
 G_SQ, MISMATCH_G_SQ, MISMATCH_COUNT, NUMEL, GM_DOT, M_SQ = range(6)
 N_STATS = 6
 
-LocalHeld = Union[Sequence[torch.Tensor], PackedSigns]  # local M̄ tensors or their packed signs
+LocalHeld = Union[Sequence[torch.Tensor], PackedSigns, SignMasks]  # local M̄ tensors or their signs
+
+
+def is_dense(held: LocalHeld) -> bool:
+    """True when ``held`` is M̄ itself (magnitudes too), not only its signs."""
+    return not isinstance(held, (PackedSigns, SignMasks))
 
 
 def positive_mask(held: LocalHeld, i: int) -> torch.Tensor:
     """Bool tensor shaped like M̄_i: True where sign(M̄_i) = + (M̄_i ≥ 0)."""
+    if isinstance(held, SignMasks):
+        return held.masks[i]  # unpacked once per hold
     if isinstance(held, PackedSigns):
         return sign_mask(held.bits[i], held.shapes[i])
     return held[i] >= 0
@@ -73,11 +80,11 @@ def global_stats(
 
     Args:
         g_local: the local gradient tensors, T of them.
-        held: the local M̄ tensors (same shapes) or their :class:`PackedSigns`.
+        held: the local M̄ tensors (same shapes), their :class:`SignMasks` or :class:`PackedSigns`.
         reduce: whether the tensors are shards whose sums must be all-reduced.
         group: the shard group (None: the default group).
     """
-    dense = not isinstance(held, PackedSigns)
+    dense = is_dense(held)
     device = g_local[0].device
     # Step 1: norms with foreach kernels.
     g_norms = torch.stack(torch._foreach_norm(list(g_local), 2, dtype=torch.float32)).to(STAT_DTYPE)  # (T,)
