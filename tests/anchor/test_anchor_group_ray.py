@@ -44,7 +44,7 @@ def test_separate_anchor_group_returns_the_dense_gradient_and_the_actor_merges_i
 
     config = compose_ppo_config(tiny_model_dir, "fsdp2", micro_batch=1).actor_rollout_ref
     cfg = CommEffConfig(codec=CodecConfig(q_source="fast", rank=16, pp_size=2),
-                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0))
+                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, transport="shards"))
     actor = _group(CommEffActorRolloutRefWorker, config, "actor")
     anchor = _group(AnchorWorker, config, "anchor")  # placement=separate: its own resource pool
     actor.init_model()

@@ -5,7 +5,8 @@ stock engine (no codec projection, no optimizer step ever taken), built from the
 actor's own config, so its FSDP layout is the actor's and anchor rank r holds the shards
 actor rank r holds. One fire (:meth:`AnchorWorker.anchor_fire`), per rank:
 
-1. load the generator-weight snapshot of the replayed mini-batch (this rank's shards),
+1. load the generator-weight snapshot of the replayed mini-batch (this rank's shards,
+   decoded from the actor's delta-encoded payload: :mod:`verl_commeff.anchor.snapshot_delta`),
    after bringing the model back onto the device when ``placement=colocated`` (between
    fires a colocated anchor keeps its model offloaded to host memory);
 2. take this rank's share of the global mini-batch and run verl's forward/backward with
@@ -94,7 +95,9 @@ class AnchorWorker(ActorRolloutRefWorker):
             minibatch: the whole global mini-batch (TensorDict in verl's no-padding layout,
                 with the non-tensor keys the actor's ``update_actor`` got: ``global_batch_size``,
                 ``temperature``, ...). Each rank takes its contiguous share.
-            snapshot: per anchor rank, that rank's weight shards (or a Ray ObjectRef to them).
+            snapshot: per actor rank, that rank's encoded snapshot (an
+                :class:`~verl_commeff.anchor.snapshot_delta.EncodedSnapshot`, a chain of them from a
+                keyframe after a restart or resume, or plain shards), or a Ray ObjectRef to it.
         """
         state = self._anchor
         if state is None:
@@ -108,7 +111,7 @@ class AnchorWorker(ActorRolloutRefWorker):
             from verl.utils.device import get_device_name
 
             engine.to(get_device_name(), model=True, optimizer=False, grad=True)
-        load_local_shards(engine.module, resolve(snapshot[self.rank]))
+        load_local_shards(engine.module, _snapshot_shards(state, snapshot, self.rank))
 
         # Step 2: this rank's share of the mini-batch, through verl's forward/backward with the anchor loss.
         data = _share(resolve(minibatch), engine.get_data_parallel_rank(), engine.get_data_parallel_size())
@@ -232,9 +235,19 @@ class _CountedLoss:
         self.backwards += 1
 
 
+def _snapshot_shards(state: "_AnchorState", snapshot: list, rank: int) -> list[torch.Tensor]:
+    """Actor rank ``rank``'s weight shards from the fire's ``snapshot`` argument (decoded, bit-exact)."""
+    from verl_commeff.anchor.snapshot_delta import decode_source
+
+    return decode_source(state.decoder, snapshot[rank], rank, resolve)
+
+
 class _AnchorState:
     def __init__(self, cfg, schedule, loss_fn, codec, ema, targets):
+        from verl_commeff.anchor.snapshot_delta import SnapshotDecoder
         from verl_commeff.cpu_platform import is_cpu_platform
+
+        self.decoder = SnapshotDecoder()  # per actor rank, the last snapshot decoded (the deltas' base)
 
         self.cfg, self.schedule, self.loss_fn, self.codec, self.ema, self.targets = (
             cfg, schedule, loss_fn, codec, ema, targets)

@@ -54,21 +54,35 @@ class CommEffActorRolloutRefWorker(ActorRolloutRefWorker):
         self.actor.engine.commeff_setup(cfg, ticks_per_step)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def commeff_snapshot(self):
-        """This rank's generator-weight shards, put in Ray's object store; returns the ObjectRef.
+    def commeff_snapshot(self, keyframe: bool = False):
+        """This rank's generator-weight shards, delta-encoded, put in Ray's object store; returns the ObjectRef.
 
         Called by the trainer at the start of a step whose mini-batches the replay ring keeps
         (before ``update_actor``), so the snapshot is the weights the rollout sampled with.
-        Its bytes (the tensors put in the object store) are counted in this step's
-        ``commeff/bytes/anchor_snapshot/sent``.
+        The payload is an :class:`~verl_commeff.anchor.snapshot_delta.EncodedSnapshot` in
+        ``commeff.anchor.snapshot_dtype``: a delta against this rank's previous snapshot, or a
+        dense keyframe (the first one, every ``snapshot_keyframe_every``, or ``keyframe=True``:
+        the driver asks for one after an anchor restart or a resume). Its bytes are counted in
+        this step's ``commeff/bytes/anchor_snapshot/sent``.
         """
         import ray
 
         from verl_commeff.workers.weight_shards import export_local_shards
 
         shards = export_local_shards(self.actor.engine.module)
-        self.actor.engine.commeff.record_snapshot(shards)
-        return ray.put(shards)
+        payload = self._commeff_snapshot_encoder().encode(shards, keyframe=keyframe)
+        self.actor.engine.commeff.record_snapshot(payload)
+        return ray.put(payload)
+
+    def _commeff_snapshot_encoder(self):
+        """This rank's snapshot encoder (made at the first snapshot; it keeps the deltas' base)."""
+        encoder = getattr(self, "_snapshot_encoder", None)
+        if encoder is None:
+            from verl_commeff.anchor.snapshot_delta import SnapshotEncoder, resolve_snapshot_dtype
+
+            knob = self.actor.engine.commeff.cfg.anchor.snapshot_dtype
+            encoder = self._snapshot_encoder = SnapshotEncoder(resolve_snapshot_dtype(knob, _param_dtype(self.actor.engine)))
+        return encoder
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def commeff_newest_basis(self):
@@ -86,6 +100,15 @@ class CommEffActorRolloutRefWorker(ActorRolloutRefWorker):
             raise ValueError(f"{len(result_refs)} anchor results for {self.world_size} actor ranks: the anchor "
                              "worker group must have the actor's world size (its shards are the actor's)")
         self.actor.engine.commeff.offer(RayPendingResult(fire_tick, result_refs[self.rank], anchor_rank=self.rank))
+
+
+def _param_dtype(engine):
+    """The dtype the actor's FSDP forward casts its parameters to (verl's default: bf16)."""
+    import torch
+    from verl.utils.torch_dtypes import PrecisionType
+
+    mixed = getattr(getattr(engine, "engine_config", None), "mixed_precision", None)
+    return torch.bfloat16 if mixed is None else PrecisionType.to_dtype(mixed.get("param_dtype", "bf16"))
 
 
 class RayPendingResult:
