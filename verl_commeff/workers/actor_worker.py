@@ -81,7 +81,8 @@ class CommEffActorRolloutRefWorker(ActorRolloutRefWorker):
             from verl_commeff.anchor.snapshot_delta import SnapshotEncoder, resolve_snapshot_dtype
 
             knob = self.actor.engine.commeff.cfg.anchor.snapshot_dtype
-            encoder = self._snapshot_encoder = SnapshotEncoder(resolve_snapshot_dtype(knob, _param_dtype(self.actor.engine)))
+            dtype = resolve_snapshot_dtype(knob, _param_dtype(self.actor.engine))
+            encoder = self._snapshot_encoder = SnapshotEncoder(dtype)
         return encoder
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
