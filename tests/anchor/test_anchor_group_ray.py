@@ -58,7 +58,11 @@ def test_separate_anchor_group_returns_the_dense_gradient_and_the_actor_merges_i
     results = ray.get(result_refs)
 
     # independent expectation at the snapshot weights (FSDP2 shards rows: concatenate the ranks' shards)
-    shards = ray.get(snapshot_refs)
+    from verl_commeff.anchor.snapshot_delta import SnapshotDecoder
+
+    payloads = ray.get(snapshot_refs)  # the first snapshot of each rank: a dense keyframe
+    assert all(p.is_keyframe for p in payloads)
+    shards = [SnapshotDecoder().decode(p) for p in payloads]
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, torch_dtype=torch.float32)
     names = [n for n, _ in model.named_parameters()]
     state = {n: torch.cat([s[i] for s in shards]) for i, n in enumerate(names)}
