@@ -38,6 +38,8 @@ def test_defaults_are_the_seed_k5_run():
         (AnchorConfig, dict(placement="remote"), "commeff.anchor.placement='remote' is not valid"),
         (AnchorConfig, dict(sync="loose"), "commeff.anchor.sync='loose' is not valid"),
         (AnchorConfig, dict(transport="fp8"), "commeff.anchor.transport='fp8' is not valid"),
+        (AnchorConfig, dict(snapshot_dtype="fp16"), "commeff.anchor.snapshot_dtype='fp16' is not valid"),
+        (AnchorConfig, dict(snapshot_keyframe_every=0), "commeff.anchor.snapshot_keyframe_every=0 is out of range"),
         (AnchorConfig, dict(targets=[]), "commeff.anchor.targets=[] is out of range"),
         (MergerConfig, dict(alpha=1.5), "commeff.merger.alpha=1.5 is out of range: must be a number in [0, 1]"),
         (MergerConfig, dict(alpha=-0.01), "commeff.merger.alpha=-0.01 is out of range"),
@@ -79,6 +81,34 @@ def test_cross_field_rules():
         CommEffConfig(anchor=AnchorConfig(enable=False))
     with pytest.raises(CommEffConfigError, match="transport='sign'"):
         CommEffConfig(anchor=AnchorConfig(transport="sign"), merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="cos")))
+
+
+@pytest.mark.parametrize("merger, mode, expected", [
+    ("signed_ema", "off", "sign"),  # the default: only sign(M̄) is read
+    ("signed_ema", "ratio", "sign"),
+    ("signed_ema", "cos", "shards"),  # cos(G, M̄) needs M̄'s magnitudes
+    ("none", "off", "sign"),
+])
+def test_transport_auto_resolves_from_the_merger(merger, mode, expected):
+    c = CommEffConfig(merger=MergerConfig(name=merger, adaptive=AdaptiveLambdaConfig(mode=mode)))
+    assert c.anchor.transport == expected
+    assert CommEffConfig().anchor.transport == "sign"  # the default config sends sign bits
+    explicit = CommEffConfig(anchor=AnchorConfig(transport="shards"))
+    assert explicit.anchor.transport == "shards"  # an explicit choice is kept
+
+
+def test_transport_auto_is_shards_for_a_merger_that_needs_magnitudes():
+    from verl_commeff.mergers.registry import MERGER_REGISTRY, register_merger
+    from verl_commeff.mergers.signed_ema import SignedEMAMerger
+
+    @register_merger("_test_dense_reader")
+    class DenseReader(SignedEMAMerger):
+        signs_suffice = False
+
+    try:
+        assert CommEffConfig(merger=MergerConfig(name="_test_dense_reader")).anchor.transport == "shards"
+    finally:
+        del MERGER_REGISTRY["_test_dense_reader"]
 
 
 def test_nested_dicts_from_yaml_become_dataclasses_and_fields_are_frozen():

@@ -32,6 +32,7 @@ __all__ = [
     "CommEffConfigError",
     "MergerConfig",
     "check_against_model",
+    "resolve_transport",
     "to_commeff_config",
 ]
 
@@ -122,7 +123,19 @@ class AnchorConfig(BaseConfig):
         sync: ``strict`` (at tick t the actor waits for fire t: staleness exactly K) or
             ``free`` (the actor uses the newest finished fire and logs its real age).
         transport: how M̄ returns to the actor: ``shards`` (M̄ itself, sharded like the
-            gradient) or ``sign`` (packed sign bits, 1 bit per coordinate).
+            gradient), ``sign`` (packed sign bits, 1 bit per coordinate: 32× fewer bytes, M̄
+            stays on the anchor) or ``auto`` (the default): ``sign`` when the merger needs only
+            sign(M̄) (its class sets ``signs_suffice``: ``signed_ema``, ``none``) and
+            ``merger.adaptive.mode`` is not ``cos``, else ``shards``. :class:`CommEffConfig`
+            resolves ``auto`` to one of the two; an explicit ``sign`` with ``cos`` is an error.
+        snapshot_dtype: the dtype the generator-weight snapshots travel in (and in which the
+            delta encoding compares weights): ``auto`` (the actor's FSDP mixed-precision
+            ``param_dtype``: bf16 on the GPU presets, fp32 on the CPU preset), ``fp32`` or
+            ``bf16``. Lossless for the anchor's gradient only when its forward casts the
+            parameters to that dtype anyway (FSDP mixed precision with that ``param_dtype``).
+        snapshot_keyframe_every: every this many snapshots the actor sends a dense keyframe
+            instead of a delta against the previous snapshot; it bounds the chain the driver
+            keeps to rebuild a restarted anchor's weights. 1 = every snapshot dense; ≥ 1.
         targets: module-name suffixes of the 2-D weights the anchor computes M for
             (default: q/k/v/o/gate/up/down projections of every decoder layer).
         n_gpus_per_node: devices per node of the anchor's own pool (``placement=separate``);
@@ -146,7 +159,9 @@ class AnchorConfig(BaseConfig):
     beta: float = 0.5
     placement: str = "separate"
     sync: str = "strict"
-    transport: str = "shards"
+    transport: str = "auto"
+    snapshot_dtype: str = "auto"
+    snapshot_keyframe_every: int = 32
     targets: tuple[str, ...] = DEFAULT_TARGETS
     n_gpus_per_node: int = 1
     nnodes: int = 1
@@ -161,7 +176,9 @@ class AnchorConfig(BaseConfig):
         _check_float("commeff.anchor.beta", self.beta, 0.0, 1.0, hi_open=True)
         _check_choice("commeff.anchor.placement", self.placement, ("separate", "colocated"))
         _check_choice("commeff.anchor.sync", self.sync, ("strict", "free"))
-        _check_choice("commeff.anchor.transport", self.transport, ("shards", "sign"))
+        _check_choice("commeff.anchor.transport", self.transport, ("auto", "shards", "sign"))
+        _check_choice("commeff.anchor.snapshot_dtype", self.snapshot_dtype, ("auto", "fp32", "bf16"))
+        _check_int("commeff.anchor.snapshot_keyframe_every", self.snapshot_keyframe_every, 1)
         if isinstance(self.targets, str) or len(self.targets) == 0 or not all(
             isinstance(t, str) and t for t in self.targets
         ):
@@ -325,11 +342,25 @@ class CommEffConfig(BaseConfig):
                 "commeff.merger.adaptive.mode='cos' needs M̄'s magnitudes: it is not valid with "
                 "commeff.anchor.transport='sign' (use transport=shards or mode=ratio)"
             )
+        if anchor.transport == "auto":
+            object.__setattr__(anchor, "transport", resolve_transport(self.merger))
 
     @property
     def q_cadence(self) -> int:
         """The effective Q-refresh cadence in ticks (``codec.q_cadence`` or ``anchor.cadence``)."""
         return self.codec.q_cadence if self.codec.q_cadence is not None else self.anchor.cadence
+
+
+def resolve_transport(merger: MergerConfig) -> str:
+    """What ``anchor.transport=auto`` means for ``merger``: ``sign`` or ``shards``.
+
+    ``sign`` when the merger class declares ``signs_suffice = True`` (it reads only sign(M̄))
+    and the dose is not driven by cos(G, M̄) (which needs M̄'s magnitudes); otherwise ``shards``.
+    """
+    from verl_commeff.mergers.registry import get_merger_cls
+
+    signs_suffice = getattr(get_merger_cls(merger.name), "signs_suffice", False)
+    return "sign" if signs_suffice and merger.adaptive.mode != "cos" else "shards"
 
 
 def check_against_model(codec: CodecConfig, hidden_size: int, num_layers: int) -> None:

@@ -17,8 +17,9 @@ The paths (:data:`PATHS`):
 2. ``q_bcast``: the codec's Q broadcasts (H × r × 4 per boundary per refresh);
 3. ``dp_codec``: the data-parallel codec's cross-replica collectives (real bytes; logical in
    simulation with one replica);
-4. ``anchor_snapshot``: actor → anchor, this rank's generator-weight shards put in Ray's
-   object store;
+4. ``anchor_snapshot``: actor → anchor, this rank's generator-weight snapshot put in Ray's
+   object store (delta-encoded: masks + changed values, or dense tensors; ``.../as_dense_fp32``
+   adds what dense fp32 shards would have cost);
 5. ``anchor_minibatch``: driver → anchor, the replayed global mini-batch's tensors (every
    anchor rank receives the whole mini-batch and takes its share);
 6. ``anchor_m_bar``: anchor → actor, M̄ as fp32 shards or as packed sign bits;
@@ -60,10 +61,13 @@ def payload_bytes(obj: Any) -> int:
         return _tensor_bytes(obj)
     from tensordict import TensorDictBase
 
+    from verl_commeff.anchor.snapshot_delta import EncodedSnapshot
     from verl_commeff.mergers.sign_bits import PackedSigns
 
     if isinstance(obj, PackedSigns):
         return payload_bytes(obj.bits)
+    if isinstance(obj, EncodedSnapshot):  # masks + changed values, or dense tensors; ids are metadata
+        return payload_bytes(obj.payload())
     if isinstance(obj, TensorDictBase):
         return sum(payload_bytes(v) for v in obj.values(include_nested=False, leaves_only=False))
     if isinstance(obj, Mapping):

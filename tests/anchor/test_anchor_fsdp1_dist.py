@@ -23,7 +23,8 @@ def _body(rank, world_size, model_dir):
 
     anchor = AnchorWorker(_config(model_dir, "fsdp"))
     anchor.init_model()
-    cfg = CommEffConfig(codec=CodecConfig(q_source="fast"), anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0))
+    cfg = CommEffConfig(codec=CodecConfig(q_source="fast"),
+                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, transport="shards"))
     anchor.anchor_setup(cfg, ticks_per_step=1)
     snapshot = export_local_shards(anchor.actor.engine.module)  # the checkpoint's weights, this rank's shards
     snapshots = [None] * world_size

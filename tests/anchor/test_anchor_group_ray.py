@@ -52,7 +52,7 @@ def test_separate_anchor_group_returns_the_dense_gradient_and_the_actor_merges_i
 
     config = compose_ppo_config(tiny_model_dir, "fsdp2", micro_batch=1).actor_rollout_ref
     cfg = CommEffConfig(codec=CodecConfig(q_source="fast", rank=16, pp_size=2),
-                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0),
+                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, transport="shards"),
                         merger=MergerConfig(checksum_every=1))  # the cross-rank check runs at tick 1
     actor = _group(CommEffActorRolloutRefWorker, config, "actor")
     anchor = _group(AnchorWorker, config, "anchor", anchor_world)  # placement=separate: its own resource pool
@@ -73,7 +73,16 @@ def test_separate_anchor_group_returns_the_dense_gradient_and_the_actor_merges_i
     results = [take_routed(ray.get(result_refs[owner_of(r, anchor_world, WORLD)]), r) for r in range(WORLD)]
 
     # independent expectation at the snapshot weights (FSDP2 shards rows: concatenate the ranks' shards)
-    shards = [resolve(r) for r in snapshot_refs]
+    from verl_commeff.anchor.snapshot_delta import SnapshotDecoder
+
+    payloads = [resolve(r) for r in snapshot_refs]  # the first snapshot of each rank: a dense keyframe
+    assert all(p.is_keyframe for p in payloads)
+    decoders = [SnapshotDecoder() for _ in range(WORLD)]  # one per actor rank, as the anchor keeps them
+
+    def decoded(refs):  # each rank's next snapshot, decoded against the previous one (copies: decoder state)
+        return [[t.clone() for t in d.decode(resolve(r))] for d, r in zip(decoders, refs)]
+
+    shards = [[t.clone() for t in d.decode(p)] for d, p in zip(decoders, payloads)]
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, torch_dtype=torch.float32)
     names = [n for n, _ in model.named_parameters()]
     state = {n: torch.cat([s[i] for s in shards]) for i, n in enumerate(names)}
@@ -98,8 +107,9 @@ def test_separate_anchor_group_returns_the_dense_gradient_and_the_actor_merges_i
                          dataloader_kwargs={"shuffle": False}, compute_loss=True)
     before = actor.commeff_snapshot()  # non-blocking, then update_actor at once: the snapshot comes first
     metrics = tu.get(actor.update_actor(td), "metrics")
-    after = [resolve(r) for r in actor.commeff_snapshot()]
-    before = [resolve(r) for r in before]
+    after_refs = actor.commeff_snapshot()
+    before = decoded(before)  # a delta against the first snapshot (nothing changed)
+    after = decoded(after_refs)  # a delta against `before`
     assert all(torch.equal(a, b) for rank_a, rank_b in zip(before, shards) for a, b in zip(rank_a, rank_b))
     assert not all(torch.equal(a, b) for rank_a, rank_b in zip(after, shards) for a, b in zip(rank_a, rank_b))
     assert all(s > 0 for s in metrics["commeff/anchor/snapshot_s"])  # the rank timed the snapshot it took

@@ -49,7 +49,8 @@ def test_anchor_m_is_the_dense_gradient_at_the_snapshot_weights(strategy, tiny_m
     from verl_commeff.workers.weight_shards import export_local_shards
 
     init_single_process_world()
-    cfg = CommEffConfig(codec=CodecConfig(q_source="fast"), anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0))
+    cfg = CommEffConfig(codec=CodecConfig(q_source="fast"),
+                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, transport="shards"))
 
     # generator weights that differ from the checkpoint: an actor after one update
     actor = ActorRolloutRefWorker(_config(tiny_model_dir, strategy), role="actor")
@@ -97,7 +98,7 @@ def test_colocated_anchor_offloads_between_fires(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(engine, "to", lambda device, **kw: moves.append((device, kw["model"])))
     monkeypatch.setattr(cpu_platform, "is_cpu_platform", lambda: False)  # behave as on a GPU node
     cfg = CommEffConfig(codec=CodecConfig(q_source="fast"),
-                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, placement="colocated"))
+                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, transport="shards", placement="colocated"))
     anchor.anchor_setup(cfg, ticks_per_step=1)
     assert moves == [("cpu", True)]  # offloaded right after set-up
     snapshot = export_local_shards(engine.module)
@@ -117,7 +118,8 @@ def test_fire_with_non_finite_gradient_is_rejected_and_m_bar_kept(tiny_model_dir
     anchor = AnchorWorker(_config(tiny_model_dir, "fsdp2"))
     anchor.init_model()
     anchor.anchor_setup(CommEffConfig(codec=CodecConfig(q_source="fast"),
-                                      anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.5)), ticks_per_step=1)
+                                      anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.5, transport="shards")),
+                        ticks_per_step=1)
     good = export_local_shards(anchor.actor.engine.module)
     bad = [t.clone() for t in good]
     bad[len(bad) // 2].view(-1)[0] = float("nan")  # one weight of a middle layer
@@ -142,7 +144,7 @@ def test_anchor_state_round_trip_makes_the_next_fire_exact(tiny_model_dir):
 
     init_single_process_world()
     cfg = CommEffConfig(codec=CodecConfig(q_source="anchor", rank=16, pp_size=2),
-                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.5))
+                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.5, transport="shards"))
 
     def new_anchor():
         anchor = AnchorWorker(_config(tiny_model_dir, "fsdp2"))

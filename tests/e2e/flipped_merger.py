@@ -16,6 +16,7 @@ class FlippedSignedEMAMerger(SignedEMAMerger):
     """``signed_ema`` with sign(M̄) replaced by sign(−M̄) (test only)."""
 
     name = "signed_ema_flipped"
+    signs_suffice = False  # it negates M̄ itself: anchor.transport=auto resolves to shards
 
     def hold(self, m_bar, produced_tick, source_tick, fingerprints=None):
         if isinstance(m_bar, PackedSigns):

@@ -43,7 +43,9 @@ def test_two_replicas_train_with_the_dp_codec_and_log_the_byte_ledger(tmp_path, 
     env = recipe_env(tmp_path, learnable_preset, "dp2", STEPS=STEPS, TEST_FREQ=-1, K=K, CADENCE=CADENCE,
                      NGPUS=2, FSDP_SIZE=1, DP_CODEC=1, DP_RANK=DP_RANK, DP_START=DP_START)
     run(["bash", "recipes/gsm8k_grpo_commeff.sh", f"trainer.default_local_dir={tmp_path / 'ckpt'}",
-         "trainer.val_before_train=False"], env, tmp_path, "dp2")
+         "trainer.val_before_train=False",
+         # the ledger checks below count fp32 M̄ shards and dense fp32 snapshots
+         "commeff.anchor.transport=shards", "commeff.anchor.snapshot_keyframe_every=1"], env, tmp_path, "dp2")
     check_dp_run(records(tmp_path, "dp2"), learnable_preset / "model")
 
 

@@ -309,3 +309,43 @@ def test_non_finite_dense_m_bar_is_never_merged():
         assert all(torch.equal(o, x) for o, x in zip(out, g))
     met = merger.metrics()
     assert met[P + "skipped_ticks"] == 2.0 and met[P + "merged_ticks"] == 2.0 and P + "cos" not in met
+
+
+def test_packed_signs_are_unpacked_once_per_hold_and_no_tensor_is_built_per_tick(monkeypatch):
+    """transport=sign: the held bits are unpacked at the first tick after a hold, then reused;
+    no tick builds a tensor from host values (torch.tensor: a host→device copy on a GPU)."""
+    import verl_commeff.mergers.sign_bits as sign_bits
+    import verl_commeff.mergers.stats as stats
+
+    calls = {"unpack": 0, "tensor": 0}
+    real_mask, real_tensor = sign_bits.sign_mask, torch.tensor
+
+    def counted_mask(*a, **k):
+        calls["unpack"] += 1
+        return real_mask(*a, **k)
+
+    def counted_tensor(*a, **k):
+        calls["tensor"] += 1
+        return real_tensor(*a, **k)
+
+    monkeypatch.setattr(sign_bits, "sign_mask", counted_mask)
+    monkeypatch.setattr(stats, "sign_mask", counted_mask)
+    merger = build_merger(_cfg(alpha=0.25, checksum_every=0))
+    reference = build_merger(_cfg(alpha=0.25, checksum_every=0))
+    tick = 0
+    for hold_seed in (10, 11):
+        m = _tensors(hold_seed, zeros=True)
+        merger.hold(pack_signs(m), tick + 1, tick + 1)
+        reference.hold(m, tick + 1, tick + 1)
+        calls["unpack"] = 0
+        for _ in range(5):
+            tick += 1
+            g = _tensors(700 + tick, zeros=True)
+            want = _clone(g)
+            monkeypatch.setattr(torch, "tensor", counted_tensor)
+            merger.apply_(g, tick)
+            monkeypatch.setattr(torch, "tensor", real_tensor)
+            reference.apply_(want, tick)
+            assert all(torch.equal(x, y) for x, y in zip(g, want))  # the cached masks are this hold's signs
+        assert calls["unpack"] == len(SHAPES)  # once per held tensor over 5 ticks, not 5× (nor 10×: stats + merge)
+    assert calls["tensor"] == 0

@@ -12,7 +12,11 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def knobs(config, prefix="commeff"):
-    """(yaml path, default) of every leaf field, recursing into nested config dataclasses."""
+    """(yaml path, default) of every leaf field, recursing into nested config dataclasses.
+
+    The default is the field's declared default (what the yaml says), not the value a built
+    config resolved it to (``anchor.transport=auto`` becomes ``sign`` or ``shards``).
+    """
     for field in dataclasses.fields(config):
         if field.name.startswith("_"):
             continue
@@ -20,7 +24,7 @@ def knobs(config, prefix="commeff"):
         if dataclasses.is_dataclass(value):
             yield from knobs(value, f"{prefix}.{field.name}")
         else:
-            yield f"{prefix}.{field.name}", value
+            yield f"{prefix}.{field.name}", field.default if field.default is not dataclasses.MISSING else value
 
 
 def yaml_text(value) -> str:

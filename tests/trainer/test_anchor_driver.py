@@ -75,7 +75,7 @@ def test_tick_minibatches_refuses_sizes_verl_refuses():
 def _drive(k, cadence, steps, tps=2):
     submitted, offered, snapshots = [], [], []
 
-    def snapshot():
+    def snapshot(keyframe=False):
         snapshots.append(len(snapshots))
         return ("weights", len(snapshots))
 
@@ -135,7 +135,7 @@ def _run_actor(sync, k, cadence, steps, finish_delay=0):
         m = [torch.full(s, float(source)) for s in shapes]  # M̄ stamped with its source tick
         return [AnchorResult(fire, source, m)]
 
-    driver = AnchorDriver(state.schedule, lambda: "snapshot", submit,
+    driver = AnchorDriver(state.schedule, lambda keyframe=False: "snapshot", submit,
                           lambda fire, futures: state.offer(Later(futures[0]) if sync == "free" else ReadyResult(futures[0])))
     history = []
     for step in range(1, steps + 1):
@@ -177,7 +177,7 @@ def test_driver_counts_the_replayed_minibatches_bytes_per_step():
                            "advantages": torch.zeros(4, 6)}, batch_size=[4])
 
     submitted = []
-    driver = AnchorDriver(FireSchedule(2, 2, 2), take_snapshot=lambda: ["ref"],
+    driver = AnchorDriver(FireSchedule(2, 2, 2), take_snapshot=lambda keyframe=False: ["ref"],
                           submit=lambda fire, source, mb, snap: submitted.append(mb) or ["f"],
                           offer=lambda fire, futures: None)
     per_step = []

@@ -83,8 +83,9 @@ def test_colocated_anchor_builds_in_the_actors_bundles_survives_death_and_restar
     anchor = _build_guarded(lambda: build_anchor_group(anchor_pool, config, cfg, 1, "cpu"))
     assert anchor.world_size == WORLD
 
-    def fire(group, tick):
-        refs = group.anchor_fire(tick, tick, _minibatch(make_ppo_batch(seed=tick)), actor.commeff_snapshot())
+    def fire(group, tick, keyframe=False):
+        snapshot = actor.commeff_snapshot(keyframe=keyframe)
+        refs = group.anchor_fire(tick, tick, _minibatch(make_ppo_batch(seed=tick)), snapshot)
         ray.wait(refs, num_returns=len(refs))  # finished (or failed) before the actor polls: free mode never waits
         actor.commeff_offer(tick, refs)
         return _update(actor, tick)
@@ -103,7 +104,7 @@ def test_colocated_anchor_builds_in_the_actors_bundles_survives_death_and_restar
     # restart: a new group (new name prefix: the fault hook leaves it alone) on the actor's newest Q
     anchor = _build_guarded(lambda: restart_anchor_group(
         anchor, lambda: build_anchor_group(pool, config, cfg, 1, "cpu", name_prefix="commeff_anchor_r1"), actor))
-    m = fire(anchor, 3)
+    m = fire(anchor, 3, keyframe=True)  # a fresh anchor holds no delta base: the driver asks for a keyframe
     assert m["commeff/anchor/fires_used"] == [2.0] and m["commeff/anchor/failed_fires"] == [1.0]
     assert m["commeff/merger/age"] == [0.0]  # fire 3's M̄ is fresh
     assert m["commeff/anchor/q_gap"] == [0.0]  # the new anchor sketched against the actor's Q, not the bootstrap

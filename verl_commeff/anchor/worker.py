@@ -6,7 +6,8 @@ actor's own config. With as many ranks as the actor, anchor rank r holds the sha
 rank r holds; a smaller anchor group (A < N ranks, FSDP2) reshards by rows
 (:mod:`verl_commeff.anchor.reshard`). One fire (:meth:`AnchorWorker.anchor_fire`), per rank:
 
-1. load the generator-weight snapshot of the replayed mini-batch (this rank's shards;
+1. load the generator-weight snapshot of the replayed mini-batch (this rank's shards,
+   decoded from the actor's delta-encoded payloads: :mod:`verl_commeff.anchor.snapshot_delta`;
    with A < N assembled from the actor ranks' shards that cover its rows), after bringing
    the model back onto the device when ``placement=colocated`` (between fires a colocated
    anchor keeps its model offloaded to host memory);
@@ -107,7 +108,9 @@ class AnchorWorker(ActorRolloutRefWorker):
             minibatch: the whole global mini-batch (TensorDict in verl's no-padding layout,
                 with the non-tensor keys the actor's ``update_actor`` got: ``global_batch_size``,
                 ``temperature``, ...). Each rank takes its contiguous share.
-            snapshot: per actor rank, that rank's weight shards (or a Ray ObjectRef to them).
+            snapshot: per actor rank, that rank's encoded snapshot (an
+                :class:`~verl_commeff.anchor.snapshot_delta.EncodedSnapshot`, a chain of them from a
+                keyframe after a restart or resume, or plain shards), or a Ray ObjectRef to it.
 
         Returns:
             With as many anchor ranks as actor ranks, the AnchorResult for actor rank
@@ -126,7 +129,7 @@ class AnchorWorker(ActorRolloutRefWorker):
             from verl.utils.device import get_device_name
 
             engine.to(get_device_name(), model=True, optimizer=False, grad=True)
-        load_local_shards(engine.module, _snapshot_shards(state.reshard, snapshot, self.rank))
+        load_local_shards(engine.module, _snapshot_shards(state, snapshot, self.rank))
 
         # Step 2: this rank's share of the mini-batch, through verl's forward/backward with the anchor loss.
         data = _share(resolve(minibatch), engine.get_data_parallel_rank(), engine.get_data_parallel_size())
@@ -257,7 +260,10 @@ class _CountedLoss:
 
 class _AnchorState:
     def __init__(self, cfg, schedule, loss_fn, codec, ema, targets):
+        from verl_commeff.anchor.snapshot_delta import SnapshotDecoder
         from verl_commeff.cpu_platform import is_cpu_platform
+
+        self.decoder = SnapshotDecoder()  # per actor rank, the last snapshot decoded (the deltas' base)
 
         self.cfg, self.schedule, self.loss_fn, self.codec, self.ema, self.targets = (
             cfg, schedule, loss_fn, codec, ema, targets)
@@ -394,10 +400,21 @@ def _reshard_plan(worker: AnchorWorker, actor_world: Optional[int]) -> Optional[
     return _Reshard(actor, anchor, [p.shape for p in params], routing)
 
 
-def _snapshot_shards(reshard: Optional[_Reshard], snapshot, rank: int) -> list:
-    """This anchor rank's weight shards from the per-actor-rank snapshot (assembled when A < N)."""
-    if reshard is None:
-        return resolve(snapshot[rank])
+def _snapshot_shards(state: "_AnchorState", snapshot, rank: int) -> list:
+    """This anchor rank's weight shards from the per-actor-rank snapshot entries.
+
+    Each actor rank's entry is decoded (bit-exact, against the base this rank's decoder keeps
+    for that actor rank); with A < N the anchor's shards are assembled from the decoded shards
+    of the actor ranks covering its rows (always the same ones, so each stream stays in order).
+    """
+    from verl_commeff.anchor.snapshot_delta import decode_source
+
+    def fetch(r: int) -> list:
+        return decode_source(state.decoder, snapshot[r], r, resolve)
+
+    if state.reshard is None:
+        return fetch(rank)
     from verl_commeff.anchor.reshard import assemble_local
 
-    return assemble_local(reshard.shapes, reshard.actor, lambda r: resolve(snapshot[r]), reshard.anchor, rank)
+    reshard = state.reshard
+    return assemble_local(reshard.shapes, reshard.actor, fetch, reshard.anchor, rank)

@@ -105,6 +105,7 @@ class Merger:
 
     name = "base"
     merges = True  # False: G′ = G always (no second pass)
+    signs_suffice = False  # True: only sign(M̄) is read, so anchor.transport=auto picks sign bits
 
     def __init__(
         self,

@@ -31,6 +31,7 @@ class NoMerger(Merger):
 
     name = "none"
     merges = False
+    signs_suffice = True
 
     def _delta_sq(self, stats: torch.Tensor) -> torch.Tensor:
         """No correction: ‖δ_t‖² = 0."""

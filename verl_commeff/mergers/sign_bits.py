@@ -12,7 +12,13 @@ i.e. **0 (and -0.0) maps to +**; NaN maps to − (``NaN >= 0`` is false).
 
 Bit layout: a tensor is flattened in row-major order; coordinate ``i`` is bit ``i % 8``
 (least significant bit first) of byte ``i // 8``; bit 1 means +. The last byte is padded
-with 0 bits. A tensor of ``n`` coordinates packs to ``ceil(n / 8)`` uint8 bytes.
+with 0 bits. A tensor of ``n`` coordinates packs to ``ceil(n / 8)`` uint8 bytes. The same
+bit packing of any bool mask (:func:`pack_bool` / :func:`unpack_bool`) also carries the
+changed-element masks of delta-encoded weight snapshots (:mod:`verl_commeff.anchor.snapshot_delta`).
+
+The merger unpacks a held :class:`PackedSigns` once per hold
+(:func:`verl_commeff.mergers.stats.positive_masks`, 1 byte per coordinate while held), not
+on every tick.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import torch
 
 from verl_commeff.mergers.grad_layout import local_view
 
-__all__ = ["PackedSigns", "pack_signs", "sign_mask", "unpack_signs"]
+__all__ = ["PackedSigns", "pack_bool", "pack_signs", "sign_mask", "unpack_bool", "unpack_signs"]
 
 _BITS_PER_BYTE = 8
 
@@ -69,14 +75,25 @@ class PackedSigns:
         return sum(b.numel() for b in self.bits)
 
 
+def pack_bool(mask: torch.Tensor) -> torch.Tensor:
+    """Pack a bool tensor, flattened row-major, into (ceil(numel / 8),) uint8 (bit i%8 of byte i//8)."""
+    flat = mask.reshape(-1)  # (n,) bool
+    pad = (-flat.numel()) % _BITS_PER_BYTE
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    groups = flat.view(-1, _BITS_PER_BYTE).to(torch.uint8)  # (nbytes, 8) in {0, 1}
+    return (groups * _bit_weights(mask.device)).sum(dim=1, dtype=torch.uint8)  # (nbytes,); bits are disjoint
+
+
+def unpack_bool(bits: torch.Tensor, numel: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bool`: (numel,) bool from (ceil(numel / 8),) uint8 (on ``bits``' device)."""
+    expanded = (bits.unsqueeze(1) & _bit_weights(bits.device)) != 0  # (nbytes, 8) bool
+    return expanded.reshape(-1)[:numel]
+
+
 def _pack_one(t: torch.Tensor) -> torch.Tensor:
     """Pack sign(t) (0 → +) into (ceil(numel / 8),) uint8."""
-    positive = t.detach().reshape(-1) >= 0  # (n,) bool
-    pad = (-positive.numel()) % _BITS_PER_BYTE
-    if pad:
-        positive = torch.cat([positive, positive.new_zeros(pad)])
-    groups = positive.view(-1, _BITS_PER_BYTE).to(torch.uint8)  # (nbytes, 8) in {0, 1}
-    return (groups * _bit_weights(t.device)).sum(dim=1, dtype=torch.uint8)  # (nbytes,); bits are disjoint
+    return pack_bool(t.detach() >= 0)
 
 
 def pack_signs(tensors: Sequence[torch.Tensor]) -> PackedSigns:
@@ -102,9 +119,7 @@ def sign_mask(bits: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         bits: (ceil(numel / 8),) uint8, as made by :func:`pack_signs`.
         shape: the shape of the packed tensor.
     """
-    numel = torch.Size(shape).numel()
-    expanded = (bits.unsqueeze(1) & _bit_weights(bits.device)) != 0  # (nbytes, 8) bool
-    return expanded.reshape(-1)[:numel].view(shape)
+    return unpack_bool(bits, torch.Size(shape).numel()).view(shape)
 
 
 def unpack_signs(packed: PackedSigns, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:

@@ -35,6 +35,7 @@ class SignedEMAMerger(Merger):
     """
 
     name = "signed_ema"
+    signs_suffice = True  # anchor.transport=auto sends sign bits
 
     def _delta_sq(self, stats: torch.Tensor) -> torch.Tensor:
         """‖δ_t‖² = 4(1 − α)²·Σ_{mismatch} G²."""

@@ -22,6 +22,12 @@ only fire-paired mini-batches, and the trainer builds only those
 (:func:`tick_minibatches` with ``keep``). The ledger's ``anchor_minibatch`` path
 (:mod:`verl_commeff.ledger`) counts a fire's mini-batch bytes once per submission to the
 anchor group (what is put), whatever the number of anchor ranks reading it.
+
+Snapshots are delta-encoded by the actors (:mod:`verl_commeff.anchor.snapshot_delta`): the
+ring keeps, for each snapshot, the chain of payloads from the last keyframe
+(:class:`~verl_commeff.anchor.snapshot_delta.SnapshotChain`); a running anchor gets only
+the snapshot's own payload, a fresh one (restart, resume) the whole chain, and the next
+snapshot after either is a keyframe.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Optional, Sequence
 
+from verl_commeff.anchor.snapshot_delta import SnapshotChain
 from verl_commeff.ledger import path_metrics, payload_bytes
 from verl_commeff.replay_ring import ReplayRing
 from verl_commeff.schedule import FireSchedule
@@ -80,13 +87,16 @@ class AnchorDriver:
 
     Args:
         schedule: the fire schedule (K, cadence, ticks per step, Q cadence).
-        take_snapshot: returns the actor's generator-weight snapshot (one object per actor
-            rank; e.g. the ObjectRefs of ``actor_wg.commeff_snapshot()``).
+        take_snapshot: ``take_snapshot(keyframe=bool)`` returns the actor's generator-weight
+            snapshot (one object per actor rank; e.g. the ObjectRefs of
+            ``actor_wg.commeff_snapshot(keyframe=...)``); ``keyframe=True`` asks for dense payloads.
         submit: ``submit(fire_tick, source_tick, minibatch, snapshot)`` starts a fire on the
             anchor group and returns its futures (one per anchor rank), without blocking.
         offer: ``offer(fire_tick, futures)`` hands a fire's futures to the actor ranks.
         put: stores a fire's mini-batch once and returns what ``submit`` passes on (``ray.put``:
             a ref every anchor rank reads); default: the mini-batch itself.
+        keyframe_every: ask for a keyframe every this many snapshots
+            (``commeff.anchor.snapshot_keyframe_every``; 1 = every snapshot dense).
     """
 
     def __init__(
@@ -96,6 +106,7 @@ class AnchorDriver:
         submit: Callable[[int, int, Any, Any], Sequence[Any]],
         offer: Callable[[int, Sequence[Any]], None],
         put: Optional[Callable[[Any], Any]] = None,
+        keyframe_every: int = 1,
     ):
         self.schedule = schedule
         self.ring = ReplayRing(schedule)
@@ -109,17 +120,31 @@ class AnchorDriver:
         self._futures: dict[int, Sequence[Any]] = {}  # fire tick -> futures, until the actor has taken it
         self._puts: dict[int, Any] = {}  # fire tick -> its stored mini-batch, reused by a resubmission
         self._minibatch_bytes = 0  # this step, once per submission to the anchor group
+        self.keyframe_every = keyframe_every
+        self._chain: list[Any] = []  # per-rank snapshot objects since the last keyframe, oldest first
+        self._keyframe_due = True  # the first snapshot, and the first after a restart or resume
 
-    def _submit_fire(self, job) -> Sequence[Any]:
+    def _submit_fire(self, job, whole_chain: bool = False) -> Sequence[Any]:
         # one object for the whole group: every anchor rank reads the global mini-batch (and takes its share)
         self._minibatch_bytes += payload_bytes(job.batch)
         if job.fire_tick not in self._puts:
             self._puts[job.fire_tick] = self._put(job.batch)
-        return self._submit(job.fire_tick, job.source_tick, self._puts[job.fire_tick], job.snapshot)
+        snapshot = job.snapshot
+        if isinstance(snapshot, SnapshotChain):  # a fresh anchor holds no base: the chain from the keyframe
+            snapshot = snapshot.per_rank_chains() if whole_chain else snapshot.latest()
+        return self._submit(job.fire_tick, job.source_tick, self._puts[job.fire_tick], snapshot)
 
-    def _snapshot(self) -> Any:
+    def _snapshot(self) -> SnapshotChain:
         self.snapshots_taken += 1
-        return self._take_snapshot()
+        keyframe = self._keyframe_due or len(self._chain) >= self.keyframe_every
+        taken = self._take_snapshot(keyframe=keyframe)
+        self._chain = [taken] if keyframe else [*self._chain, taken]
+        self._keyframe_due = False
+        return SnapshotChain(list(self._chain))
+
+    def request_keyframe(self) -> None:
+        """The next snapshot is a dense keyframe (a fresh anchor holds no base for a delta)."""
+        self._keyframe_due = True
 
     def before_update(self, step: int, minibatches: Sequence[Any]) -> list[int]:
         """Offer step ``step``'s per-tick mini-batches; submit and hand over the fires they complete.
@@ -153,17 +178,20 @@ class AnchorDriver:
 
         After a resume, ``ready`` holds the results drained into the checkpoint (the anchor's
         state was saved after computing them); after an anchor restart it is empty and the
-        pending fires run again on the new group.
+        pending fires run again on the new group. Either way the anchor is fresh: a
+        resubmitted fire carries its snapshot's whole chain from the keyframe, and the next
+        snapshot is a keyframe.
 
         Returns:
             The fire ticks submitted again.
         """
         ready = ready or {}
         resubmitted = []
+        self.request_keyframe()
         for job in self.ring.pending_jobs():
             futures = ready.get(job.fire_tick)
             if futures is None:
-                futures = self._submit_fire(job)
+                futures = self._submit_fire(job, whole_chain=True)
                 resubmitted.append(job.fire_tick)
             self._offer(job.fire_tick, futures)
             self._futures[job.fire_tick] = futures
@@ -191,3 +219,5 @@ class AnchorDriver:
         self.ring.load_state_dict(state["ring"])
         self.fires_submitted = state["fires_submitted"]
         self.snapshots_taken = state["snapshots_taken"]
+        self._chain = []  # the resumed actors' encoders are fresh: the next snapshot is a keyframe
+        self.request_keyframe()

@@ -141,11 +141,12 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
                 submit=lambda *job: self.anchor_wg.anchor_fire(*job),  # the group of the moment (restarts)
                 offer=self.actor_rollout_wg.commeff_offer,
                 put=ray.put,  # each fire's mini-batch: one object the whole anchor group reads
+                keyframe_every=self.commeff_cfg.anchor.snapshot_keyframe_every,
             )
             if self._commeff_resume is not None:
                 driver = self._commeff_resume
-                driver["ring"]["snapshots"] = {s: [ray.put(t) for t in shards]
-                                               for s, shards in driver["ring"]["snapshots"].items()}
+                driver["ring"]["snapshots"] = {s: chain.map_links(lambda objs: [ray.put(o) for o in objs])
+                                               for s, chain in driver["ring"]["snapshots"].items()}
                 self.anchor_driver.load_state_dict(driver)
                 self.anchor_driver.resubmit_pending(self._restore_anchor(self._anchor_resume))
 
@@ -242,9 +243,10 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
                      "anchor_restarts": self._anchor_restarts}
             if self.anchor_driver is not None:
                 driver = self.anchor_driver.state_dict()
-                # snapshots are ObjectRefs of this run (a non-blocking call's ref to a ref): store their tensors
-                driver["ring"]["snapshots"] = {s: [resolve(r) for r in refs]
-                                               for s, refs in driver["ring"]["snapshots"].items()}
+                # snapshots are chains of ObjectRefs of this run (a non-blocking call's ref to a ref):
+                # store their payloads
+                driver["ring"]["snapshots"] = {s: chain.map_links(lambda refs: [resolve(r) for r in refs])
+                                               for s, chain in driver["ring"]["snapshots"].items()}
                 state["driver"] = driver
                 state["anchor"] = self._anchor_checkpoint()
             torch.save(state, os.path.join(path, DRIVER_STATE))

@@ -251,6 +251,7 @@ class CommEffActorState:
         self._age_n = 0
         self._bytes = {"anchor_m_bar": 0, "anchor_sketch": 0, "anchor_snapshot": 0}  # this step, sent
         self._m_bar_shard_bytes = 0  # this step: what the M̄ results would cost as fp32 shards
+        self._snapshot_fp32_bytes = 0  # this step: what the snapshots would cost as dense fp32 shards
         self._anchor_backwards = 0
         self._rejected_fires = 0
         self._failed_fires = 0  # fires that never delivered (sync=free continues without them)
@@ -479,12 +480,23 @@ class CommEffActorState:
         self._q_gap = gap if self._q_gap is None else torch.maximum(self._q_gap, gap)
 
     # ---- telemetry ---------------------------------------------------------------------
-    def record_snapshot(self, shards: Sequence[torch.Tensor]) -> int:
-        """Count a generator-weight snapshot this rank handed to the anchor; returns its bytes."""
+    def record_snapshot(self, snapshot: Any) -> int:
+        """Count a generator-weight snapshot this rank handed to the anchor; returns its bytes.
+
+        Args:
+            snapshot: the :class:`~verl_commeff.anchor.snapshot_delta.EncodedSnapshot` sent (its
+                tensors are counted; ``anchor_snapshot/as_dense_fp32`` adds what dense fp32
+                shards would have cost), or plain shards (a list of tensors).
+        """
+        from verl_commeff.anchor.snapshot_delta import EncodedSnapshot
         from verl_commeff.ledger import payload_bytes
 
-        num_bytes = payload_bytes(list(shards))
+        num_bytes = payload_bytes(snapshot)
         self._bytes["anchor_snapshot"] += num_bytes
+        if isinstance(snapshot, EncodedSnapshot):
+            self._snapshot_fp32_bytes += snapshot.dense_fp32_bytes()
+        else:
+            self._snapshot_fp32_bytes += sum(t.numel() * 4 for t in snapshot)
         return num_bytes
 
     def record_snapshot_time(self, seconds: float) -> None:
@@ -507,6 +519,7 @@ class CommEffActorState:
             for path, sent in self._bytes.items():
                 out.update(path_metrics(path, sent, 0))
             out["commeff/bytes/anchor_m_bar/as_shards"] = float(self._m_bar_shard_bytes)
+            out["commeff/bytes/anchor_snapshot/as_dense_fp32"] = float(self._snapshot_fp32_bytes)
         if self.dp_codec is not None:
             out.update(self.dp_codec.ledger.metrics())
             self.dp_codec.ledger.reset()
@@ -523,6 +536,7 @@ class CommEffActorState:
         self._age_sum, self._age_n, self._q_gap = 0, 0, None
         self._bytes = dict.fromkeys(self._bytes, 0)
         self._m_bar_shard_bytes = 0
+        self._snapshot_fp32_bytes = 0
         return out
 
     # ---- checkpointing -----------------------------------------------------------------

@@ -55,37 +55,53 @@ class CommEffActorRolloutRefWorker(ActorRolloutRefWorker):
         self.actor.engine.commeff_setup(cfg, ticks_per_step)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL, blocking=False)
-    def commeff_snapshot(self):
-        """This rank's generator-weight shards, put in Ray's object store once; returns that ObjectRef.
+    def commeff_snapshot(self, keyframe: bool = False):
+        """This rank's generator-weight shards, delta-encoded, put in Ray's object store once; returns that ObjectRef.
 
         Called by the trainer at the start of a step whose mini-batches the replay ring keeps
         (before ``update_actor``), so the snapshot is the weights the rollout sampled with.
         Non-blocking: the trainer gets at once, per rank, a ref to the ref returned here (Ray
-        stores only that small ref; the shards are put once, here) and hands them on to the
-        anchor, which resolves both levels. The rank runs its calls in order, so the copy is
-        taken before the ``update_actor`` submitted after it. On a GPU the copy is
-        asynchronous into pinned host memory reused across snapshots
-        (:func:`~verl_commeff.workers.weight_shards.export_local_shards`).
+        stores only that small ref; the payload is put once, here) and hands them on to the
+        anchor, which resolves both levels. The rank runs its calls in order, so the snapshot
+        is taken before the ``update_actor`` submitted after it.
 
-        Its bytes (the tensors put in the object store) are counted in this step's
-        ``commeff/bytes/anchor_snapshot/sent``; the seconds this method takes (copy and put)
-        in ``commeff/anchor/snapshot_s``.
+        The payload is an :class:`~verl_commeff.anchor.snapshot_delta.EncodedSnapshot` in
+        ``commeff.anchor.snapshot_dtype``: a delta against this rank's previous snapshot, or a
+        dense keyframe (the first one, every ``snapshot_keyframe_every``, or ``keyframe=True``:
+        the driver asks for one after an anchor restart or a resume). It is encoded where the
+        weights live (on a GPU: on the device, no full host copy) and only the payload goes to
+        the host (:meth:`~verl_commeff.anchor.snapshot_delta.EncodedSnapshot.to_host`).
+
+        Its bytes are counted in this step's ``commeff/bytes/anchor_snapshot/sent``; the seconds
+        this method takes (encode, copy and put) in ``commeff/anchor/snapshot_s``.
         """
         import time
 
         import ray
+        import torch
 
-        from verl_commeff.workers.weight_shards import export_local_shards
+        from verl_commeff.workers.weight_shards import live_shards
 
         start = time.perf_counter()
         commeff = self.actor.engine.commeff
-        shards = export_local_shards(self.actor.engine.module, out=getattr(self, "_commeff_pinned", None))
-        if shards and shards[0].is_pinned():  # reusable once put: ray.put copies into the object store
-            self._commeff_pinned = shards
-        commeff.record_snapshot(shards)
-        ref = ray.put(shards)
+        with torch.no_grad():
+            payload = self._commeff_snapshot_encoder().encode(live_shards(self.actor.engine.module), keyframe=keyframe)
+        payload = payload.to_host()
+        commeff.record_snapshot(payload)
+        ref = ray.put(payload)
         commeff.record_snapshot_time(time.perf_counter() - start)
         return ref
+
+    def _commeff_snapshot_encoder(self):
+        """This rank's snapshot encoder (made at the first snapshot; it keeps the deltas' base)."""
+        encoder = getattr(self, "_snapshot_encoder", None)
+        if encoder is None:
+            from verl_commeff.anchor.snapshot_delta import SnapshotEncoder, resolve_snapshot_dtype
+
+            knob = self.actor.engine.commeff.cfg.anchor.snapshot_dtype
+            dtype = resolve_snapshot_dtype(knob, _param_dtype(self.actor.engine))
+            encoder = self._snapshot_encoder = SnapshotEncoder(dtype)
+        return encoder
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def commeff_newest_basis(self):
@@ -108,6 +124,15 @@ class CommEffActorRolloutRefWorker(ActorRolloutRefWorker):
         owner = owner_of(self.rank, len(result_refs), self.world_size)  # ValueError unless 1 <= A <= N
         self.actor.engine.commeff.offer(RayPendingResult(fire_tick, result_refs[owner], anchor_rank=owner,
                                                          actor_rank=self.rank))
+
+
+def _param_dtype(engine):
+    """The dtype the actor's FSDP forward casts its parameters to (verl's default: bf16)."""
+    import torch
+    from verl.utils.torch_dtypes import PrecisionType
+
+    mixed = getattr(getattr(engine, "engine_config", None), "mixed_precision", None)
+    return torch.bfloat16 if mixed is None else PrecisionType.to_dtype(mixed.get("param_dtype", "bf16"))
 
 
 class RayPendingResult:

@@ -20,7 +20,20 @@ from torch import nn
 
 from verl_commeff.mergers.grad_layout import local_view
 
-__all__ = ["export_local_shards", "load_local_shards", "publish", "resolve"]
+__all__ = ["export_local_shards", "host_copies", "live_shards", "load_local_shards", "publish", "resolve"]
+
+
+def live_shards(module: nn.Module) -> list[torch.Tensor]:
+    """This rank's parameter shards themselves (no copy), in ``module.parameters()`` order."""
+    return [local_view(p).detach() for p in module.parameters()]
+
+
+def host_copies(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``tensors`` on the host: CUDA ones through :func:`_pinned_host_copy` (one synchronisation
+    for the whole list), host ones as they are (no copy)."""
+    if tensors and all(t.is_cuda for t in tensors):
+        return _pinned_host_copy(tensors, None)
+    return [t.cpu() for t in tensors]
 
 
 def export_local_shards(
@@ -39,7 +52,7 @@ def export_local_shards(
             the plain path or when a shape or dtype differs.
     """
     with torch.no_grad():
-        shards = [local_view(p).detach() for p in module.parameters()]
+        shards = live_shards(module)
         if torch.device(device).type == "cpu" and shards and all(s.is_cuda for s in shards):
             return _pinned_host_copy(shards, out)
         return [s.to(device, copy=True) for s in shards]

@@ -1,0 +1,316 @@
+"""Delta-encoded generator-weight snapshots: the actor sends the anchor what changed, losslessly.
+
+Every retained step the actor hands the anchor its generator weights (this rank's local
+shards, module order: :func:`~verl_commeff.workers.weight_shards.export_local_shards`). At
+RL learning rates most elements of a bf16 weight do not change between snapshots, so the
+actor sends, per tensor, the change against the previous snapshot it sent:
+
+- **delta**: the changed-element mask, 1 bit per element (packed with
+  :func:`~verl_commeff.mergers.sign_bits.pack_bool`), and the changed values in order;
+- **dense**: the whole tensor, for the first snapshot (a keyframe) and whenever the delta
+  would not be smaller (``ceil(n/8) + changed·size ≥ n·size``).
+
+Everything is in the **snapshot dtype** (``commeff.anchor.snapshot_dtype``: the dtype the
+anchor computes with). Elements are compared by bit pattern (the float viewed as an
+integer of its size), so −0.0 vs +0.0 and NaN payloads count as changes and arrive exactly:
+the decoded shards equal the actor's snapshot (cast to the snapshot dtype) bit for bit.
+
+State and ids. :class:`SnapshotEncoder` (one per actor rank) keeps its **base**, a copy of the
+last snapshot it sent, and numbers its snapshots ``1, 2, ...`` within a **stream** (a random
+id per encoder instance: a restarted actor starts a new stream). Each
+:class:`EncodedSnapshot` carries ``(stream, snapshot_id, base_id)``; ``base_id`` is None for a
+keyframe. :class:`SnapshotDecoder` (on the anchor) keeps, per source actor rank, the last
+snapshot it decoded and applies a payload only when
+
+1. it is a keyframe (the state is replaced), or
+2. it is the snapshot already held (same stream and id: several fires replay one snapshot), or
+3. its ``(stream, base_id)`` is the snapshot held (the delta is applied);
+
+anything else raises :class:`SnapshotBaseError` naming both ids (never a guess).
+
+Keyframes and restarts. The anchor applies snapshots in fire order, which is snapshot
+order (the driver submits each step's fires when it takes the step's snapshot), so a chain
+of deltas decodes. A fresh anchor (a restart with ``sync=free``, or a resume that reruns
+pending fires) has no base, so the driver keeps, for every snapshot in its replay ring,
+the chain of payloads from the last keyframe up to it (:class:`SnapshotChain`) and
+resubmits pending fires with their whole chain; the next snapshot after a restart or
+resume is a keyframe (the driver asks for one), and every
+``commeff.anchor.snapshot_keyframe_every`` snapshots is one, which bounds the chain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from verl_commeff.mergers.sign_bits import pack_bool, unpack_bool
+
+__all__ = ["EncodedSnapshot", "EncodedTensor", "SnapshotBaseError", "SnapshotChain", "SnapshotDecoder",
+           "SnapshotEncoder", "decode_source", "resolve_snapshot_dtype"]
+
+SNAPSHOT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+class SnapshotBaseError(RuntimeError):
+    """A delta-encoded snapshot whose base is not the snapshot the decoder holds."""
+
+
+def resolve_snapshot_dtype(knob: str, param_dtype: Optional[torch.dtype]) -> torch.dtype:
+    """``commeff.anchor.snapshot_dtype`` as a torch dtype (``auto``: ``param_dtype``, the FSDP
+    mixed-precision dtype the actor's forward casts its parameters to)."""
+    if knob == "auto":
+        if param_dtype is None:
+            raise ValueError("commeff.anchor.snapshot_dtype=auto needs the actor's mixed-precision param_dtype")
+        return param_dtype
+    if knob not in SNAPSHOT_DTYPES:
+        raise ValueError(f"commeff.anchor.snapshot_dtype={knob!r} is not valid: must be one of "
+                         f"{['auto', *SNAPSHOT_DTYPES]}")
+    return SNAPSHOT_DTYPES[knob]
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """``t`` viewed as integers of its element size (bit-pattern comparison; non-float as is)."""
+    return t.view(_INT_OF_SIZE[t.element_size()]) if t.is_floating_point() else t
+
+
+@dataclass
+class EncodedTensor:
+    """One tensor of a snapshot: ``dense`` (the whole tensor) or ``mask`` + ``values`` (a delta).
+
+    Args:
+        shape: the tensor's shape.
+        dense: the whole tensor in the snapshot dtype, or None for a delta.
+        mask: (ceil(numel / 8),) uint8: bit i set where element i (row-major) changed.
+        values: (changed,) the new values of the changed elements, in row-major order.
+    """
+
+    shape: torch.Size
+    dense: Optional[torch.Tensor] = None
+    mask: Optional[torch.Tensor] = None
+    values: Optional[torch.Tensor] = None
+
+    @property
+    def is_delta(self) -> bool:
+        return self.dense is None
+
+    def payload(self) -> list[torch.Tensor]:
+        """The tensors on the wire."""
+        return [self.dense] if self.dense is not None else [self.mask, self.values]
+
+
+@dataclass
+class EncodedSnapshot:
+    """One actor rank's snapshot as sent to the anchor.
+
+    Args:
+        stream: the encoder instance's random id (a restarted actor starts a new stream).
+        snapshot_id: 1, 2, ... within the stream.
+        base_id: the snapshot id the deltas are against; None for a keyframe (all dense).
+        tensors: one :class:`EncodedTensor` per local shard, module order.
+    """
+
+    stream: str
+    snapshot_id: int
+    base_id: Optional[int]
+    tensors: list[EncodedTensor] = field(default_factory=list)
+
+    @property
+    def is_keyframe(self) -> bool:
+        return self.base_id is None
+
+    def payload(self) -> list[torch.Tensor]:
+        """Every tensor on the wire (what the byte ledger counts; ids are metadata)."""
+        return [t for enc in self.tensors for t in enc.payload()]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.payload())
+
+    def to_host(self) -> "EncodedSnapshot":
+        """This snapshot with its payload on the host (an encoder on a GPU encodes there and
+        ships only the payload: one asynchronous copy into pinned memory, one synchronisation)."""
+        from verl_commeff.workers.weight_shards import host_copies
+
+        moved = iter(host_copies(self.payload()))
+        tensors = [EncodedTensor(enc.shape, dense=next(moved)) if not enc.is_delta
+                   else EncodedTensor(enc.shape, mask=next(moved), values=next(moved)) for enc in self.tensors]
+        return dataclasses.replace(self, tensors=tensors)
+
+    def dense_fp32_bytes(self) -> int:
+        """What the same snapshot costs as dense fp32 shards (the uncompressed reference)."""
+        return sum(enc.shape.numel() * 4 for enc in self.tensors)
+
+    def changed_fraction(self) -> float:
+        """Changed elements / elements over the delta-encoded tensors' and the dense ones (dense = all)."""
+        total = sum(enc.shape.numel() for enc in self.tensors)
+        changed = sum(enc.values.numel() if enc.is_delta else enc.shape.numel() for enc in self.tensors)
+        return changed / total if total else 0.0
+
+
+class SnapshotEncoder:
+    """Actor side: encodes this rank's shards against the last snapshot it sent.
+
+    Knobs:
+        dtype: the snapshot dtype (the anchor's compute dtype; see
+            :func:`resolve_snapshot_dtype`). Floating shards are cast to it; others are sent as they are.
+
+    State: the stream id, the last snapshot id, and the base (a copy of the last snapshot
+    sent, in the snapshot dtype, on the shards' device). :meth:`reset` drops the base: the
+    next snapshot is a keyframe.
+    """
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+        self.stream = uuid.uuid4().hex
+        self.last_id = 0
+        self._base: Optional[list[torch.Tensor]] = None
+
+    def reset(self) -> None:
+        """Forget the base: the next :meth:`encode` sends a dense keyframe."""
+        self._base = None
+
+    def encode(self, shards: Sequence[torch.Tensor], keyframe: bool = False) -> EncodedSnapshot:
+        """Encode ``shards`` (this rank's local shards, module order) as the next snapshot.
+
+        Steps:
+            1. Cast each floating shard to the snapshot dtype (a copy: it becomes the base).
+            2. Keyframe (asked for, or no base yet): every tensor dense.
+            3. Otherwise per tensor the changed mask (bit patterns differ); the changed counts
+               of all tensors are read in ONE device→host copy.
+            4. Per tensor, a delta when ``ceil(n/8) + changed·size < n·size`` bytes, else dense.
+            5. The cast shards become the base.
+
+        Raises:
+            ValueError: the shards' count or shapes differ from the base's (another layout).
+        """
+        # Step 1: the snapshot in the snapshot dtype (a fresh copy: it becomes the base).
+        cast = [s.detach().to(self.dtype, copy=True) if s.is_floating_point() else s.detach().clone() for s in shards]
+        base = None if keyframe else self._base
+        if base is not None:
+            if len(base) != len(cast) or any(b.shape != c.shape for b, c in zip(base, cast)):
+                raise ValueError(f"snapshot shards {[tuple(c.shape) for c in cast]} differ from the encoder's base "
+                                 f"{[tuple(b.shape) for b in base]}: the actor's layout changed; call reset()")
+        self.last_id += 1
+        # Step 2: a keyframe.
+        if base is None:
+            tensors = [EncodedTensor(c.shape, dense=c) for c in cast]
+            snap = EncodedSnapshot(self.stream, self.last_id, None, tensors)
+        else:
+            # Step 3: the changed masks; all counts in one host read.
+            changed = [(_bits(c) != _bits(b)).reshape(-1) for c, b in zip(cast, base)]  # (n_i,) bool each
+            counts = torch.stack([m.sum() for m in changed]).tolist() if changed else []
+            # Step 4: delta or dense, by bytes.
+            tensors = []
+            for c, m, n_changed in zip(cast, changed, counts):
+                size, n = c.element_size(), c.numel()
+                if (n + 7) // 8 + n_changed * size < n * size:
+                    tensors.append(EncodedTensor(c.shape, mask=pack_bool(m), values=c.reshape(-1)[m]))
+                else:
+                    tensors.append(EncodedTensor(c.shape, dense=c))
+            snap = EncodedSnapshot(self.stream, self.last_id, self.last_id - 1, tensors)
+        # Step 5: the new base.
+        self._base = cast
+        return snap
+
+
+class SnapshotDecoder:
+    """Anchor side: per source actor rank, the last decoded snapshot; applies payloads to it.
+
+    Returned shard lists are the decoder's own state: copy from them (``load_local_shards``
+    does), do not modify them.
+    """
+
+    def __init__(self):
+        self._state: dict[int, tuple[str, int, list[torch.Tensor]]] = {}  # source -> (stream, id, shards)
+
+    def held(self, source: int) -> Optional[tuple[str, int]]:
+        """(stream, snapshot id) held for actor rank ``source``, or None."""
+        state = self._state.get(source)
+        return None if state is None else state[:2]
+
+    def decode(self, snap: EncodedSnapshot, source: int = 0) -> list[torch.Tensor]:
+        """The shards of ``snap`` (from actor rank ``source``), bit-identical to what was encoded.
+
+        Raises:
+            SnapshotBaseError: ``snap`` is a delta against a snapshot this decoder does not hold.
+        """
+        state = self._state.get(source)
+        if state is not None and (state[0], state[1]) == (snap.stream, snap.snapshot_id):
+            return state[2]  # the snapshot already held (another fire on the same weights)
+        if snap.is_keyframe:
+            shards = [enc.dense.clone() for enc in snap.tensors]  # own, writable copies
+        else:
+            held = None if state is None else f"snapshot {state[1]} of stream {state[0]}"
+            if state is None or (state[0], state[1]) != (snap.stream, snap.base_id):
+                raise SnapshotBaseError(
+                    f"actor rank {source}: snapshot {snap.snapshot_id} of stream {snap.stream} is a delta against "
+                    f"snapshot {snap.base_id}, but this anchor holds {held or 'no snapshot'}; a restarted anchor "
+                    "needs the chain from a keyframe (SnapshotChain) or a keyframe")
+            shards = state[2]
+            if len(shards) != len(snap.tensors):
+                raise SnapshotBaseError(f"actor rank {source}: snapshot {snap.snapshot_id} has {len(snap.tensors)} "
+                                        f"tensors, its base has {len(shards)}")
+            for i, enc in enumerate(snap.tensors):
+                if enc.is_delta:
+                    flat = _bits(shards[i]).view(-1)  # (n,) integer view of the held tensor, written in place
+                    flat.masked_scatter_(unpack_bool(enc.mask, flat.numel()), _bits(enc.values))
+                else:
+                    shards[i] = enc.dense.clone()
+        self._state[source] = (snap.stream, snap.snapshot_id, shards)
+        return shards
+
+    def decode_chain(self, chain: Sequence[EncodedSnapshot], source: int = 0) -> list[torch.Tensor]:
+        """Apply ``chain`` (oldest first; a keyframe, then deltas) and return its last snapshot's shards."""
+        if not chain:
+            raise ValueError("empty snapshot chain")
+        out = None
+        for snap in chain:
+            out = self.decode(snap, source)
+        return out
+
+
+def decode_source(decoder: SnapshotDecoder, entry: Any, source: int,
+                  resolve: Callable[[Any], Any]) -> list[torch.Tensor]:
+    """Actor rank ``source``'s shards from one entry of ``anchor_fire``'s ``snapshot`` argument.
+
+    ``entry`` is an :class:`EncodedSnapshot`, a chain of them (list, oldest first: after an
+    anchor restart or resume), or plain shards (list of tensors: an unencoded snapshot), each
+    possibly a Ray ObjectRef that ``resolve`` fetches.
+    """
+    entry = resolve(entry)
+    if isinstance(entry, EncodedSnapshot):
+        return decoder.decode(entry, source)
+    items = list(entry)
+    if items and all(isinstance(t, torch.Tensor) for t in items):
+        return items  # plain shards
+    return decoder.decode_chain([resolve(x) for x in items], source)
+
+
+@dataclass
+class SnapshotChain:
+    """What the driver's replay ring keeps for one snapshot: the chain from the last keyframe.
+
+    Args:
+        links: one entry per snapshot from the last keyframe up to and including this one,
+            oldest first; each entry is the actor's per-rank list (ObjectRefs of
+            :class:`EncodedSnapshot`, or the objects themselves in a checkpoint).
+    """
+
+    links: list[list[Any]]
+
+    def latest(self) -> list[Any]:
+        """Per actor rank, this snapshot's own payload (a running anchor holds its base)."""
+        return self.links[-1]
+
+    def per_rank_chains(self) -> list[list[Any]]:
+        """Per actor rank, the whole chain (for a fresh anchor that holds no base)."""
+        return [[link[r] for link in self.links] for r in range(len(self.links[-1]))]
+
+    def map_links(self, fn: Callable[[list[Any]], list[Any]]) -> "SnapshotChain":
+        """The same chain with ``fn`` applied to every per-rank list (``ray.get`` / ``ray.put`` for checkpoints)."""
+        return SnapshotChain([fn(list(link)) for link in self.links])
