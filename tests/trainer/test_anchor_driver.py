@@ -50,7 +50,7 @@ def test_driver_puts_each_minibatch_once_and_submits_the_ref_to_the_group():
         puts.append(minibatch)
         return ("ref", minibatch)
 
-    driver = AnchorDriver(FireSchedule(2, 2, 2), take_snapshot=lambda: ["snap"],
+    driver = AnchorDriver(FireSchedule(2, 2, 2), take_snapshot=lambda keyframe=False: ["snap"],
                           submit=lambda fire, source, mb, snap: submitted.append((fire, mb)) or ["f"],
                           offer=lambda fire, futures: None, put=put)
     for step in (1, 2):
