@@ -15,14 +15,17 @@ ratios to the stock step's median from the same run:
 - ``q refresh``: staging a new Q (QR) and making it live (conditioning), the mean per tick
   (it runs on one tick in ``q_cadence``);
 - ``merger``: ``Merger.apply_`` (statistics, dose, in-place merge);
-- ``snapshot``: exporting this rank's weight shards (``export_local_shards``), charged to
-  every step (the actor snapshots at most once per step);
+- ``snapshot``: what ``commeff_snapshot`` does on the actor (delta-encode this rank's shards
+  in ``commeff.anchor.snapshot_dtype`` against its previous snapshot where the weights live,
+  then the payload to the host; the ``ray.put`` is left out: no Ray here), charged to every
+  step (the actor snapshots at most once per step); its bytes and changed fraction are printed;
 - ``tick``: the whole comm-eff tick over the stock tick (everything above and the anchor
   bookkeeping; noisier than the direct timings: the difference of two noisy medians);
 - ``wait``: the actor's wait for a separately placed anchor is measured by
   ``benchmarks/bench_tick.py --ray`` (tiny model), not here.
 
-Usage: ``python benchmarks/bench_anchor_midsize.py [--layers 4] [--ticks 10] [--transport sign]``
+Usage: ``python benchmarks/bench_anchor_midsize.py [--layers 4] [--ticks 10] [--transport sign] [--tokens 128]
+[--snapshot-dtype auto|fp32|bf16]``
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class _Timed:
             self.sink[self.key] += time.perf_counter() - start
 
 
-def bench(model_dir: str, layers: int, ticks: int, transport: str, tokens: int) -> dict:
+def bench(model_dir: str, layers: int, ticks: int, transport: str, tokens: int, snapshot_dtype: str) -> dict:
     from torch.distributed.tensor import distribute_tensor
 
     from tests.verl_harness import compose_ppo_config, init_single_process_world, make_ppo_batch, update
@@ -68,7 +71,7 @@ def bench(model_dir: str, layers: int, ticks: int, transport: str, tokens: int) 
     from verl_commeff.mergers import pack_signs
     from verl_commeff.workers.actor_state import AnchorResult, ReadyResult
     from verl_commeff.workers.actor_worker import CommEffActorRolloutRefWorker
-    from verl_commeff.workers.weight_shards import export_local_shards
+    from verl_commeff.workers.weight_shards import live_shards
 
     init_single_process_world()
     config = compose_ppo_config(model_dir, "fsdp2").actor_rollout_ref
@@ -77,7 +80,8 @@ def bench(model_dir: str, layers: int, ticks: int, transport: str, tokens: int) 
     for w in (stock, actor):
         w.init_model()
     cfg = CommEffConfig(codec=CodecConfig(rank=77, pp_size=layers, q_source="fast", q_cadence=5),
-                        anchor=AnchorConfig(delay_k=0, cadence=1, transport=transport))
+                        anchor=AnchorConfig(delay_k=0, cadence=1, transport=transport,
+                                              snapshot_dtype=snapshot_dtype))
     actor.commeff_setup(cfg, ticks_per_step=1)
     state = actor.actor.engine.commeff
 
@@ -110,15 +114,22 @@ def bench(model_dir: str, layers: int, ticks: int, transport: str, tokens: int) 
                 for key in ("merger", "codec", "q_refresh"):
                     times[key].append(cost[key])
         start = time.perf_counter()
-        shards = export_local_shards(actor.actor.engine.module)
+        with torch.no_grad():  # commeff_snapshot without its ray.put
+            payload = actor._commeff_snapshot_encoder().encode(live_shards(actor.actor.engine.module)).to_host()
         times["snapshot"].append(time.perf_counter() - start)
-        del shards
+        if not payload.is_keyframe:
+            times["snapshot_bytes"].append(payload.nbytes())
+            times["snapshot_changed"].append(payload.changed_fraction())
+        dense_fp32 = payload.dense_fp32_bytes()
+        del payload
         loads.append(os.getloadavg()[0])
     skip = min(2, ticks // 4)  # warm-up ticks
     med = {k: statistics.median(v[skip:]) for k, v in times.items()}
     med["q_refresh"] = statistics.mean(times["q_refresh"][skip:])  # one tick in q_cadence: amortised, not median
+    snap = {"dtype": str(actor._commeff_snapshot_encoder().dtype).replace("torch.", ""), "dense_fp32": dense_fp32,
+            "bytes": statistics.mean(times["snapshot_bytes"]), "changed": statistics.mean(times["snapshot_changed"])}
     return {"median_s": med, "target_numel": target_numel, "load": statistics.mean(loads),
-            "measured": ticks - skip}
+            "measured": ticks - skip, "snapshot": snap}
 
 
 def main(argv=None) -> None:
@@ -128,6 +139,8 @@ def main(argv=None) -> None:
     parser.add_argument("--transport", choices=("sign", "shards"), default="sign",
                         help="how the held M̄ arrives: packed sign bits or dense fp32 shards (default sign)")
     parser.add_argument("--tokens", type=int, default=128, help="tokens per sequence, 4 sequences (default 128)")
+    parser.add_argument("--snapshot-dtype", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="commeff.anchor.snapshot_dtype (auto: the actor's FSDP param_dtype)")
     args = parser.parse_args(argv)
     from verl_commeff.presets.tiny_model import build_tiny_model
 
@@ -135,7 +148,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_model(os.path.join(tmp, "midsize"), vocab_size=2048,
                                      num_hidden_layers=args.layers, **MIDSIZE_QWEN2)
-        r = bench(model_dir, args.layers, args.ticks, args.transport, args.tokens)
+        r = bench(model_dir, args.layers, args.ticks, args.transport, args.tokens, args.snapshot_dtype)
     med = r["median_s"]
     stock = med["stock"]
     print(f"Qwen2.5-0.5B-shaped layers (hidden 896, inter 4864, 14/2 heads) x {args.layers}, vocab 2048, fp32, CPU, "
@@ -145,13 +158,17 @@ def main(argv=None) -> None:
           f"load avg {r['load']:.2f}")
     print(f"  stock verl step          {stock * 1e3:9.1f} ms   1.000")
     rows = [("codec hooks (fwd)", "codec"), ("Q refresh", "q_refresh"), ("merger apply_", "merger"),
-            ("snapshot export", "snapshot")]
+            ("snapshot (encode+host)", "snapshot")]
     total = 0.0
     for label, key in rows:
         total += med[key]
         print(f"  {label:24s} {med[key] * 1e3:9.1f} ms   {med[key] / stock:.3f}")
     print(f"  sum of the parts above   {total * 1e3:9.1f} ms   {total / stock:.3f}")
     print(f"  comm-eff tick            {med['commeff'] * 1e3:9.1f} ms   {med['commeff'] / stock:.3f}")
+    snap = r["snapshot"]
+    print(f"  snapshot payload: {snap['dtype']} deltas, {snap['changed'] * 100:.2f} % of elements changed per step, "
+          f"{snap['bytes'] / 2**20:.2f} MiB vs {snap['dense_fp32'] / 2**20:.2f} MiB dense fp32 "
+          f"({snap['dense_fp32'] / snap['bytes']:.1f}x)")
     print("  anchor wait (placement=separate): not measured here (see benchmarks/bench_tick.py --ray)")
 
 
