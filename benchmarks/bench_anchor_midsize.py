@@ -65,24 +65,19 @@ class _Timed:
 def bench(model_dir: str, layers: int, ticks: int, transport: str, tokens: int, snapshot_dtype: str) -> dict:
     from torch.distributed.tensor import distribute_tensor
 
-    from tests.verl_harness import compose_ppo_config, init_single_process_world, make_ppo_batch, update
-    from verl.workers.engine_workers import ActorRolloutRefWorker
+    from tests.verl_harness import (compose_ppo_config, init_single_process_world, make_ppo_batch,
+                                    stock_and_commeff_actors, update)
     from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig
     from verl_commeff.mergers import pack_signs
     from verl_commeff.workers.actor_state import AnchorResult, ReadyResult
-    from verl_commeff.workers.actor_worker import CommEffActorRolloutRefWorker
     from verl_commeff.workers.weight_shards import live_shards
 
     init_single_process_world()
     config = compose_ppo_config(model_dir, "fsdp2").actor_rollout_ref
-    stock = ActorRolloutRefWorker(config, role="actor")
-    actor = CommEffActorRolloutRefWorker(config, role="actor")
-    for w in (stock, actor):
-        w.init_model()
     cfg = CommEffConfig(codec=CodecConfig(rank=77, pp_size=layers, q_source="fast", q_cadence=5),
                         anchor=AnchorConfig(delay_k=0, cadence=1, transport=transport,
                                               snapshot_dtype=snapshot_dtype))
-    actor.commeff_setup(cfg, ticks_per_step=1)
+    stock, actor = stock_and_commeff_actors(config, cfg)
     state = actor.actor.engine.commeff
 
     cost: dict[str, float] = defaultdict(float)  # this tick's seconds per part

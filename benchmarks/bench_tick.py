@@ -39,22 +39,17 @@ def _anchor_minibatch(batch):
 
 
 def bench_tick(model_dir: str, ticks: int) -> dict:
-    from tests.verl_harness import compose_ppo_config, init_single_process_world, make_ppo_batch, update
-    from verl.workers.engine_workers import ActorRolloutRefWorker
+    from tests.verl_harness import (compose_ppo_config, init_single_process_world, make_ppo_batch,
+                                    stock_and_commeff_actors, update)
 
     from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig
     from verl_commeff.workers.actor_state import AnchorResult, ReadyResult
-    from verl_commeff.workers.actor_worker import CommEffActorRolloutRefWorker
 
     init_single_process_world()
     config = compose_ppo_config(model_dir, "fsdp2").actor_rollout_ref
-    stock = ActorRolloutRefWorker(config, role="actor")
-    actor = CommEffActorRolloutRefWorker(config, role="actor")
-    for w in (stock, actor):
-        w.init_model()
     cfg = CommEffConfig(codec=CodecConfig(rank=16, pp_size=4, q_source="fast", q_cadence=1),
                         anchor=AnchorConfig(delay_k=0, cadence=1))
-    actor.commeff_setup(cfg, ticks_per_step=1)
+    stock, actor = stock_and_commeff_actors(config, cfg)
     state = actor.actor.engine.commeff
     from torch.distributed.tensor import distribute_tensor
 

@@ -111,6 +111,21 @@ def update(worker, batch, batch_size: int = 4):
     return tu.get(worker.update_actor(td), "metrics")
 
 
+def stock_and_commeff_actors(actor_config, commeff_cfg, ticks_per_step: int = 1):
+    """A stock verl actor and a comm-eff actor on the same ``actor_rollout_ref`` config, both
+    initialised (same seed, same weights), the comm-eff one set up with ``commeff_cfg``."""
+    from verl.workers.engine_workers import ActorRolloutRefWorker
+
+    from verl_commeff.workers.actor_worker import CommEffActorRolloutRefWorker
+
+    stock = ActorRolloutRefWorker(actor_config, role="actor")
+    actor = CommEffActorRolloutRefWorker(actor_config, role="actor")
+    for w in (stock, actor):
+        w.init_model()
+    actor.commeff_setup(commeff_cfg, ticks_per_step=ticks_per_step)
+    return stock, actor
+
+
 class GradsAtStep:
     """The gradients the optimizer steps with, captured by an optimizer pre-step hook."""
 

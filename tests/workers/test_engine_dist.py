@@ -11,24 +11,18 @@ def _body(rank, world_size, model_dir):
     os.environ.update(LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
     from torch.distributed.tensor import distribute_tensor
     from verl.utils import tensordict_utils as tu
-    from verl.workers.engine_workers import ActorRolloutRefWorker
     from verl.workers.utils.padding import left_right_2_no_padding
 
-    from tests.verl_harness import compose_ppo_config, make_ppo_batch
-    from tests.verl_harness import GradsAtStep
+    from tests.verl_harness import GradsAtStep, compose_ppo_config, make_ppo_batch, stock_and_commeff_actors
     from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
     from verl_commeff.mergers import build_merger
     from verl_commeff.workers.actor_state import AnchorResult, ReadyResult
-    from verl_commeff.workers.actor_worker import CommEffActorRolloutRefWorker
 
     config = compose_ppo_config(model_dir, "fsdp2", micro_batch=1,
                                 extra=("actor_rollout_ref.actor.optim.clip_grad=1e9",)).actor_rollout_ref
     cfg = CommEffConfig(codec=CodecConfig(enable=False, q_source="fast"), anchor=AnchorConfig(delay_k=0, cadence=1),
                         merger=MergerConfig(alpha=0.25, adaptive={"mode": "ratio", "kappa": 2.0, "cap": 0.9}))
-    stock, actor = ActorRolloutRefWorker(config, role="actor"), CommEffActorRolloutRefWorker(config, role="actor")
-    for w in (stock, actor):
-        w.init_model()
-    actor.commeff_setup(cfg, ticks_per_step=1)
+    stock, actor = stock_and_commeff_actors(config, cfg)
     stock_grads, actor_grads = GradsAtStep(stock), GradsAtStep(actor)
 
     state = actor.actor.engine.commeff
