@@ -203,7 +203,8 @@ class SnapshotEncoder:
         else:
             # Step 3: the changed masks; all counts in one host read.
             changed = [(_bits(c) != _bits(b)).reshape(-1) for c, b in zip(cast, base)]  # (n_i,) bool each
-            counts = torch.stack([m.sum() for m in changed]).tolist() if changed else []
+            # count_nonzero: a bool sum casts the mask to int64 first
+            counts = torch.stack([torch.count_nonzero(m) for m in changed]).tolist() if changed else []
             # Step 4: delta or dense, by bytes.
             tensors = []
             for c, m, n_changed in zip(cast, changed, counts):

@@ -172,13 +172,7 @@ class AnchorWorker(ActorRolloutRefWorker):
             return state.reshard.results(m_bar, state.cfg.anchor.transport, AnchorResult(
                 fire_tick, source_tick, None, sketch, compute_s=time.perf_counter() - start,
                 backwards=loss_fn.backwards, q_fingerprint=q_fingerprint, ema_updates=state.ema.updates))
-        if state.cfg.anchor.transport == "sign":
-            from verl_commeff.mergers.sign_bits import pack_signs
-
-            held = pack_signs(m_bar)
-            sent = held.bits
-        else:
-            held = sent = [m.detach().clone() for m in m_bar]
+        held, sent = _payload(m_bar, state.cfg.anchor.transport)
         # every anchor rank's fingerprint of what it sends (the actor's cross-rank check compares against it)
         fingerprints = gather_rows(fingerprint(sent)).cpu()  # (anchor world, 3)
         return AnchorResult(fire_tick, source_tick, held, sketch, compute_s=time.perf_counter() - start,
@@ -348,13 +342,7 @@ class _Reshard:
         # Step 2: what each is sent.
         held, sent = {}, {}
         for r, shards in split.items():
-            if transport == "sign":
-                from verl_commeff.mergers.sign_bits import pack_signs
-
-                held[r] = pack_signs(shards)
-                sent[r] = held[r].bits
-            else:
-                held[r] = sent[r] = [s.detach().clone() for s in shards]
+            held[r], sent[r] = _payload(shards, transport)
         # Step 3: fingerprints, row = actor rank.
         device = m_bar[0].device
         table = torch.zeros(self.routing.actor_world, 3, dtype=torch.float64, device=device)  # (N, 3)
@@ -364,6 +352,18 @@ class _Reshard:
         # Step 4: one object per actor rank.
         return RoutedResults({r: publish(dataclasses.replace(template, m_bar=held[r], fingerprints=fingerprints))
                               for r in split})
+
+
+def _payload(m_bar, transport: str) -> tuple[Any, list[torch.Tensor]]:
+    """(what the actor holds, the tensors sent) for one actor rank's M̄ shards: packed sign
+    bits (``transport=sign``) or copies of the fp32 shards."""
+    if transport == "sign":
+        from verl_commeff.mergers.sign_bits import pack_signs
+
+        held = pack_signs(m_bar)
+        return held, held.bits
+    copies = [m.detach().clone() for m in m_bar]
+    return copies, copies
 
 
 def _reshard_plan(worker: AnchorWorker, actor_world: Optional[int]) -> Optional[_Reshard]:

@@ -167,10 +167,9 @@ class RayPendingResult:
         if timeout is not None and not self.wait(timeout):
             return None
         from verl_commeff.anchor.reshard import take_routed
-        from verl_commeff.workers.weight_shards import resolve
 
         with self._as_anchor_failure():
-            result = resolve(take_routed(ray.get(self._ref), self.actor_rank))  # only this rank's bytes (A < N)
+            result = take_routed(ray.get(self._ref), self.actor_rank)  # only this rank's bytes (A < N)
         return result  # the actor state moves it to the gradients' device (a resumed run's are on the host)
 
     @contextlib.contextmanager
