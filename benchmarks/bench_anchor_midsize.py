@@ -14,18 +14,24 @@ ratios to the stock step's median from the same run:
   timed (two (tokens × H × r) matmuls, the same work as the forward projection);
 - ``q refresh``: staging a new Q (QR) and making it live (conditioning), the mean per tick
   (it runs on one tick in ``q_cadence``);
-- ``merger``: ``Merger.apply_`` (statistics, dose, in-place merge);
+- ``merger``: ``Merger.apply_`` (statistics, dose, in-place merge) with
+  ``commeff.merger.kernels`` = ``--kernels`` (compiled: one fused pass per tensor per pass),
+  the mean per tick: a new M̄ arrives once per ``--cadence`` ticks (its sign bits are
+  unpacked on the first tick that merges it) and is held on every tick;
 - ``snapshot``: what ``commeff_snapshot`` does on the actor (delta-encode this rank's shards
   in ``commeff.anchor.snapshot_dtype`` against its previous snapshot where the weights live,
-  then the payload to the host; the ``ray.put`` is left out: no Ray here), charged to every
-  step (the actor snapshots at most once per step); its bytes and changed fraction are printed;
+  then the payload to the host; the ``ray.put`` is left out: no Ray here). It is taken on every
+  tick here so the payload is a one-tick delta, but the actor snapshots only the weights of a
+  retained mini-batch, one tick in ``--cadence``: the per-tick figure is the snapshot's time
+  divided by the cadence, and the cost of one snapshot is printed too; its bytes and changed
+  fraction are printed;
 - ``tick``: the whole comm-eff tick over the stock tick (everything above and the anchor
   bookkeeping; noisier than the direct timings: the difference of two noisy medians);
 - ``wait``: the actor's wait for a separately placed anchor is measured by
   ``benchmarks/bench_tick.py --ray`` (tiny model), not here.
 
 Usage: ``python benchmarks/bench_anchor_midsize.py [--layers 4] [--ticks 10] [--transport sign] [--tokens 128]
-[--snapshot-dtype auto|fp32|bf16]``
+[--snapshot-dtype auto|fp32|bf16] [--kernels compiled|eager] [--cadence 5]``
 """
 
 from __future__ import annotations
@@ -62,21 +68,23 @@ class _Timed:
             self.sink[self.key] += time.perf_counter() - start
 
 
-def bench(model_dir: str, layers: int, ticks: int, transport: str, tokens: int, snapshot_dtype: str) -> dict:
+def bench(model_dir: str, layers: int, ticks: int, transport: str, tokens: int, snapshot_dtype: str,
+          kernels: str, cadence: int) -> dict:
     from torch.distributed.tensor import distribute_tensor
 
     from tests.verl_harness import (compose_ppo_config, init_single_process_world, make_ppo_batch,
                                     stock_and_commeff_actors, update)
-    from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig
+    from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
     from verl_commeff.mergers import pack_signs
     from verl_commeff.workers.actor_state import AnchorResult, ReadyResult
     from verl_commeff.workers.weight_shards import live_shards
 
     init_single_process_world()
     config = compose_ppo_config(model_dir, "fsdp2").actor_rollout_ref
-    cfg = CommEffConfig(codec=CodecConfig(rank=77, pp_size=layers, q_source="fast", q_cadence=5),
-                        anchor=AnchorConfig(delay_k=0, cadence=1, transport=transport,
-                                              snapshot_dtype=snapshot_dtype))
+    cfg = CommEffConfig(codec=CodecConfig(rank=77, pp_size=layers, q_source="fast", q_cadence=cadence),
+                        anchor=AnchorConfig(delay_k=0, cadence=cadence, transport=transport,
+                                              snapshot_dtype=snapshot_dtype),
+                        merger=MergerConfig(kernels=kernels))
     stock, actor = stock_and_commeff_actors(config, cfg)
     state = actor.actor.engine.commeff
 
@@ -93,10 +101,11 @@ def bench(model_dir: str, layers: int, ticks: int, transport: str, tokens: int, 
     loads = []
     half = tokens // 2
     for tick in tqdm(range(1, ticks + 1), desc="ticks (stock + comm-eff)", unit="tick"):
-        m_bar = [distribute_tensor(torch.randn(p.shape, generator=gen), p.device_mesh, p.placements)
-                 for _, p in state.targets]
-        held = pack_signs(m_bar) if transport == "sign" else m_bar
-        state.offer(ReadyResult(AnchorResult(tick, tick, held)))
+        if tick % cadence == 0:  # one fire per cadence ticks (the schedule's); its M̄ is held until the next
+            m_bar = [distribute_tensor(torch.randn(p.shape, generator=gen), p.device_mesh, p.placements)
+                     for _, p in state.targets]
+            held = pack_signs(m_bar) if transport == "sign" else m_bar
+            state.offer(ReadyResult(AnchorResult(tick, tick, held)))
         batch = make_ppo_batch(batch_size=4, prompt_len=half, response_len=tokens - half, vocab=2000, seed=tick)
         batch.batch["old_log_probs"] = torch.zeros_like(batch.batch["advantages"])
         arms = (("stock", stock), ("commeff", actor)) if tick % 2 else (("commeff", actor), ("stock", stock))
@@ -118,47 +127,65 @@ def bench(model_dir: str, layers: int, ticks: int, transport: str, tokens: int, 
         dense_fp32 = payload.dense_fp32_bytes()
         del payload
         loads.append(os.getloadavg()[0])
-    skip = min(2, ticks // 4)  # warm-up ticks
-    med = {k: statistics.median(v[skip:]) for k, v in times.items()}
-    med["q_refresh"] = statistics.mean(times["q_refresh"][skip:])  # one tick in q_cadence: amortised, not median
+    # Measured: whole cadence periods from the first fire (ticks before it are cold: no M̄ held yet).
+    first, periods = cadence - 1, (ticks - cadence + 1) // cadence
+    window = slice(first, first + periods * cadence)
+    med = {k: statistics.median(v[window]) for k, v in times.items()}
+    for key in ("q_refresh", "merger"):  # work done once per cadence (Q refresh, unpacking a new M̄'s signs): mean
+        med[key] = statistics.mean(times[key][window])
     snap = {"dtype": str(actor._commeff_snapshot_encoder().dtype).replace("torch.", ""), "dense_fp32": dense_fp32,
             "bytes": statistics.mean(times["snapshot_bytes"]), "changed": statistics.mean(times["snapshot_changed"])}
     return {"median_s": med, "target_numel": target_numel, "load": statistics.mean(loads),
-            "measured": ticks - skip, "snapshot": snap}
+            "measured": periods * cadence, "snapshot": snap}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=4, help="decoder layers (default 4: 3 codec boundaries)")
-    parser.add_argument("--ticks", type=int, default=10, help="ticks per arm, the first 2 not counted (default 10)")
+    parser.add_argument("--ticks", type=int, default=14,
+                        help="ticks per arm; the cold ticks before the first fire (cadence - 1) are not counted, "
+                             "then whole cadence periods (default 14: two periods at cadence 5)")
     parser.add_argument("--transport", choices=("sign", "shards"), default="sign",
                         help="how the held M̄ arrives: packed sign bits or dense fp32 shards (default sign)")
     parser.add_argument("--tokens", type=int, default=128, help="tokens per sequence, 4 sequences (default 128)")
     parser.add_argument("--snapshot-dtype", choices=("auto", "fp32", "bf16"), default="auto",
                         help="commeff.anchor.snapshot_dtype (auto: the actor's FSDP param_dtype)")
+    parser.add_argument("--kernels", choices=("compiled", "eager"), default="compiled",
+                        help="commeff.merger.kernels (default compiled)")
+    parser.add_argument("--cadence", type=int, default=5,
+                        help="anchor cadence = q_cadence: one snapshot and one Q refresh per this many ticks "
+                             "(default 5, the seed's K=5 arm)")
     args = parser.parse_args(argv)
+    if args.ticks < 2 * args.cadence - 1:
+        parser.error(f"--ticks={args.ticks} must be at least 2 * cadence - 1 = {2 * args.cadence - 1} "
+                     "(cold ticks, then whole cadence periods are measured)")
     from verl_commeff.presets.tiny_model import build_tiny_model
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_model(os.path.join(tmp, "midsize"), vocab_size=2048,
                                      num_hidden_layers=args.layers, **MIDSIZE_QWEN2)
-        r = bench(model_dir, args.layers, args.ticks, args.transport, args.tokens, args.snapshot_dtype)
+        r = bench(model_dir, args.layers, args.ticks, args.transport, args.tokens, args.snapshot_dtype,
+                  args.kernels, args.cadence)
     med = r["median_s"]
     stock = med["stock"]
     print(f"Qwen2.5-0.5B-shaped layers (hidden 896, inter 4864, 14/2 heads) x {args.layers}, vocab 2048, fp32, CPU, "
           f"fsdp2 1 rank; {r['target_numel'] / 1e6:.1f} M target params; batch 4 x {args.tokens} tokens; r=77, "
-          f"{args.layers - 1} boundaries, q_cadence 5, M̄ held every tick (transport={args.transport}); "
+          f"{args.layers - 1} boundaries, cadence = q_cadence = {args.cadence}, a new M̄ every cadence, held every tick "
+          f"(transport={args.transport}, merger kernels={args.kernels}); "
           f"medians of {r['measured']} interleaved ticks; torch threads {torch.get_num_threads()}, "
           f"load avg {r['load']:.2f}")
     print(f"  stock verl step          {stock * 1e3:9.1f} ms   1.000")
+    per_tick = dict(med, snapshot=med["snapshot"] / args.cadence)  # one snapshot per cadence ticks
     rows = [("codec hooks (fwd)", "codec"), ("Q refresh", "q_refresh"), ("merger apply_", "merger"),
-            ("snapshot (encode+host)", "snapshot")]
+            (f"snapshot (1 in {args.cadence} ticks)", "snapshot")]
     total = 0.0
     for label, key in rows:
-        total += med[key]
-        print(f"  {label:24s} {med[key] * 1e3:9.1f} ms   {med[key] / stock:.3f}")
+        total += per_tick[key]
+        print(f"  {label:24s} {per_tick[key] * 1e3:9.1f} ms   {per_tick[key] / stock:.3f}")
     print(f"  sum of the parts above   {total * 1e3:9.1f} ms   {total / stock:.3f}")
+    print(f"  (one snapshot: {med['snapshot'] * 1e3:.1f} ms = {med['snapshot'] / stock:.3f} of a stock step, "
+          f"on the ticks that take one)")
     print(f"  comm-eff tick            {med['commeff'] * 1e3:9.1f} ms   {med['commeff'] / stock:.3f}")
     snap = r["snapshot"]
     print(f"  snapshot payload: {snap['dtype']} deltas, {snap['changed'] * 100:.2f} % of elements changed per step, "

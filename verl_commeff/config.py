@@ -236,6 +236,10 @@ class MergerConfig(BaseConfig):
             shard or sign bits against the anchor's fingerprint of it, the live Q, the
             ticks) and fail with a clear error when a rank differs (one all-gather of a
             ~20-number row); 0 = never.
+        kernels: how the merger's two passes over each gradient run: ``compiled`` (one
+            fused ``torch.compile`` kernel per pass; needs a C++ compiler on a CPU, Triton
+            on a GPU, checked when the actor starts) or ``eager`` (the same maths as
+            in-place torch ops, about 5 passes over memory each).
     """
 
     name: str = "signed_ema"
@@ -243,8 +247,10 @@ class MergerConfig(BaseConfig):
     age_decay: float = 1.0
     adaptive: AdaptiveLambdaConfig = field(default_factory=AdaptiveLambdaConfig)
     checksum_every: int = 50
+    kernels: str = "compiled"
 
     def __post_init__(self):
+        from verl_commeff.mergers.kernels import KERNEL_MODES
         from verl_commeff.mergers.registry import merger_names
 
         names = merger_names()
@@ -255,6 +261,9 @@ class MergerConfig(BaseConfig):
         if isinstance(self.adaptive, dict):
             object.__setattr__(self, "adaptive", AdaptiveLambdaConfig(**self.adaptive))
         _check_int("commeff.merger.checksum_every", self.checksum_every, 0)
+        if self.kernels not in KERNEL_MODES:
+            raise CommEffConfigError(
+                f"commeff.merger.kernels={self.kernels!r} is not valid: must be one of {list(KERNEL_MODES)}")
 
 
 @dataclass

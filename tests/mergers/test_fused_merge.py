@@ -1,9 +1,9 @@
-"""The fused merge (cached sign masks, reused scratch buffers) is bit-identical to the plain formula.
+"""The merge, fused (``kernels=compiled``) or eager, is bit-identical to the plain formula.
 
-The reference here is the unfused per-tensor computation written out in plain torch, the
-same arithmetic the merger performed before the scratch buffers: mismatch = (G ≥ 0) ≠ (M̄ ≥ 0),
-G ← G − (where(mismatch, G, 0)·c) with c = λ·2(1 − α) in G's dtype. ``torch.equal`` is
-exact except for the sign of zero (−0.0 == 0.0): a zero gradient may come out as +0.0.
+The reference here is the per-tensor computation written out in plain torch with a boolean
+mask: mismatch = (G ≥ 0) ≠ (M̄ ≥ 0), G ← G·m in fp32, stored in G's dtype, with the
+multiplier m = 1 − c on mismatched coordinates and exactly 1 elsewhere, c = λ·2(1 − α)
+rounded once to fp32. ``torch.equal`` is exact except for the sign of zero (−0.0 == 0.0).
 """
 
 import pytest
@@ -32,15 +32,17 @@ def _plain_merge(gs, ms, alpha, lam):
     out = []
     for g, m in zip(gs, ms):
         mismatch = (g >= 0) != (m >= 0)
-        coef = (torch.tensor(lam, dtype=torch.float64) * (2.0 * (1.0 - alpha))).to(g.dtype)
-        out.append(g.clone().addcmul_(torch.where(mismatch, g, 0), coef, value=-1.0))
+        coef = (torch.tensor(lam, dtype=torch.float64) * (2.0 * (1.0 - alpha))).to(torch.float32)
+        multiplier = torch.where(mismatch, 1.0 - coef, torch.ones((), dtype=torch.float32))
+        out.append((g.float() * multiplier).to(g.dtype))
     return out
 
 
+@pytest.mark.parametrize("kernels", ["compiled", "eager"])
 @pytest.mark.parametrize("transport", ["sign", "shards"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_merge_is_bit_identical_to_the_plain_formula_across_holds(transport, dtype):
-    merger = build_merger(MergerConfig(alpha=0.25, age_decay=0.8))
+def test_merge_is_bit_identical_to_the_plain_formula_across_holds(transport, dtype, kernels):
+    merger = build_merger(MergerConfig(alpha=0.25, age_decay=0.8, kernels=kernels))
     tick = 0
     for hold in range(3):  # a new M̄ with other signs each time: the cached masks must follow
         m_bar = _tensors(100 + hold)
@@ -59,10 +61,11 @@ def test_merge_is_bit_identical_to_the_plain_formula_across_holds(transport, dty
             assert met[P + "delta_ratio"] == pytest.approx(want, rel=1e-5 if dtype == torch.float32 else 1e-2)
 
 
-def test_sign_and_dense_transport_merge_identically_with_adaptive_dose():
+@pytest.mark.parametrize("kernels", ["compiled", "eager"])
+def test_sign_and_dense_transport_merge_identically_with_adaptive_dose(kernels):
     outs = {}
     for transport in ("sign", "shards"):
-        merger = build_merger(MergerConfig(alpha=0.25, adaptive=AdaptiveLambdaConfig(
+        merger = build_merger(MergerConfig(alpha=0.25, kernels=kernels, adaptive=AdaptiveLambdaConfig(
             mode="ratio", lambda0=0.7, kappa=2.0, cap=1.2, window=3)))
         m_bar = _tensors(7)
         merger.hold(pack_signs(m_bar) if transport == "sign" else m_bar, 1, 1)
@@ -76,8 +79,9 @@ def test_sign_and_dense_transport_merge_identically_with_adaptive_dose():
         assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def test_invalid_tick_leaves_infinite_grads_exactly():
-    merger = build_merger(MergerConfig(alpha=0.25))
+@pytest.mark.parametrize("kernels", ["compiled", "eager"])
+def test_invalid_tick_leaves_infinite_grads_exactly(kernels):
+    merger = build_merger(MergerConfig(alpha=0.25, kernels=kernels))
     merger.hold(pack_signs(_tensors(3)), 1, 1)
     g = _tensors(4, zeros=False)
     g[0][1, 1] = float("inf")

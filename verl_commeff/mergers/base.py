@@ -23,8 +23,8 @@ Sign convention: sign(x) = +1 if x ≥ 0 else −1, for G and M̄ alike (see ``s
 
 Subclasses (registered with ``@register_merger``) define the correction through three
 hooks: :meth:`Merger._delta_sq` (‖δ_t‖² from the global statistics),
-:meth:`Merger._dose` (λ_t) and :meth:`Merger._merge_local_` (G ← G + λ_t·δ_t on one
-local tensor).
+:meth:`Merger._dose` (λ_t) and :meth:`Merger._merge_` (G ← G + λ_t·δ_t on the local
+tensors, through the fused per-tensor kernels of :mod:`~verl_commeff.mergers.kernels`).
 """
 
 from __future__ import annotations
@@ -48,9 +48,8 @@ from verl_commeff.mergers.stats import (
     LocalHeld,
     global_stats,
     positive_masks,
-    sign_mismatch_,
 )
-from verl_commeff.mergers.scratch import Scratch
+from verl_commeff.mergers.kernels import MergerKernels
 
 if TYPE_CHECKING:
     from verl_commeff.config import MergerConfig
@@ -128,8 +127,8 @@ class Merger:
         self.produced_tick: Optional[int] = None
         self.source_tick: Optional[int] = None
         self._held_checked = False  # layout checked against the grads since the last hold()
-        self._positive: Optional[list[torch.Tensor]] = None  # per target: bool sign(M̄) = +, made once per hold
-        self._scratch = Scratch()  # the per-tensor work buffers of every tick (mask, masked G)
+        self._positive: Optional[list[torch.Tensor]] = None  # per target: uint8 sign(M̄) = +, made once per hold
+        self.kernels = MergerKernels(getattr(cfg, "kernels", "compiled"))  # the per-tensor passes of a tick
         # Counters (host ints: known without reading the device).
         self.last_tick = 0
         self.cold_ticks = 0
@@ -215,11 +214,15 @@ class Merger:
         """(λ_t, c̄) for a warm tick (default: :class:`DoseControl`); ``valid``: 0-d bool, finite inputs."""
         return self.dose_control.dose(c_t, age, valid)
 
-    def _merge_local_(self, g: torch.Tensor, mismatch: torch.Tensor, lam: torch.Tensor) -> None:
-        """G ← G + λ_t·δ_t in place on one local tensor (``mismatch``: sign(G) ≠ sign(M̄), bool like g).
+    def _merge_(self, g_local: Sequence[torch.Tensor], positive: Sequence[torch.Tensor], lam: torch.Tensor) -> None:
+        """G ← G + λ_t·δ_t in place on every local tensor (λ_t = 0 on an invalid tick: G must stay as it is).
 
-        ``mismatch`` lives in the bool scratch buffer; an implementation may use
-        ``self._scratch.take(g, g.dtype)`` as its work tensor (no per-tick allocation).
+        Args:
+            g_local: the local gradient tensors.
+            positive: per tensor, the uint8 mask sign(M̄_i) = +, shaped like it.
+            lam: 0-d fp64 λ_t on the gradients' device.
+
+        An implementation should use :attr:`kernels` (one fused pass per tensor).
         """
         raise NotImplementedError
 
@@ -236,13 +239,13 @@ class Merger:
                sign(M̄) = + (sign bits unpacked once per held M̄, not per tick).
             4. Per local tensor, partial sums: ‖G‖², Σ G² and count over sign-mismatched
                coordinates, numel, and with dense M̄ also ⟨G, M̄⟩ and ‖M̄‖². Stack them into
-               one (6,) fp64 vector and all-reduce it ONCE over the shard group. Masks and
-               masked values go to reused scratch buffers (no gradient-sized allocation).
+               one (6,) fp64 vector and all-reduce it ONCE over the shard group. One fused
+               pass per tensor (``commeff.merger.kernels``; no gradient-sized allocation).
             5. c_t (``ratio``: ‖δ‖/‖G‖, ``cos``: cos(G, M̄)); valid = the statistics (and
                c_t when adaptive) are finite, a 0-d device bool; then λ_t (dose control,
                which pushes c_t only when valid); λ_t = 0 when not valid.
-            6. G ← G + λ_t·δ_t on every local tensor (skipped by ``none``), masked by valid
-               so an invalid tick leaves G exactly as it is.
+            6. G ← G + λ_t·δ_t on every local tensor (skipped by ``none``), one fused pass
+               each; λ_t = 0 on an invalid tick leaves G exactly as it is.
             7. Accumulate the step's telemetry on the device (an invalid tick adds zeros and
                counts as skipped); every ``checksum_every`` ticks check the replicated
                inputs across ranks.
@@ -288,7 +291,7 @@ class Merger:
                 check_held_layout([m.shape for m in held], [m.device for m in held], g_local)
             self._held_checked = True
         if self._positive is None:
-            self._positive = positive_masks(held)  # per target (shape) bool
+            self._positive = positive_masks(held)  # per target (shape) uint8
         self.last_tick = tick
         dense = not isinstance(held, PackedSigns)
         zero = torch.zeros((), dtype=STAT_DTYPE, device=g_local[0].device)
@@ -296,7 +299,7 @@ class Merger:
         # Step 4: partial sums, one all-reduce.
         reduce, group = reduce_group(grads, self.process_group)
         stats = global_stats(g_local, self._positive, held if dense else None, reduce, group,
-                             self._scratch)  # (N_STATS,)
+                             self.kernels)  # (N_STATS,)
 
         # Step 5: c_t and λ_t.
         delta_ratio = ratio_signal(self._delta_sq(stats), stats[G_SQ])
@@ -308,13 +311,9 @@ class Merger:
         lam, c_bar = self._dose(c_t, age, valid)
         lam = torch.where(valid, lam, 0.0)
 
-        # Step 6: merge in place (an invalid tick: every coordinate masked out).
+        # Step 6: merge in place (λ_t = 0 on an invalid tick leaves G exactly as it is).
         if self.merges:
-            valid_u8 = valid.to(torch.uint8)  # 0-d: the uint8 AND is vectorised on a CPU, the bool one is not
-            for i, g in enumerate(g_local):
-                mismatch = sign_mismatch_(self._scratch.take(g, torch.bool), g, self._positive[i])  # (shape) bool
-                mismatch.view(torch.uint8).bitwise_and_(valid_u8)  # masked out on an invalid tick
-                self._merge_local_(g, mismatch, lam)
+            self._merge_(g_local, self._positive, lam)
 
         # Step 7: telemetry and the cross-rank check.
         self.merged_ticks += 1

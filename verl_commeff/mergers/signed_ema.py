@@ -10,10 +10,14 @@ Because |G|·sign(M̄) − G is 0 where sign(G) = sign(M̄) and −2G where they
 
     δ_t = −2(1 − α)·G on sign-mismatched coordinates, 0 elsewhere,
 
-so ‖δ_t‖² = 4(1 − α)²·Σ_{mismatch} G², a statistic the base class already reduces.
+so ‖δ_t‖² = 4(1 − α)²·Σ_{mismatch} G², a statistic the base class already reduces, and
+the merge is G ← G·(1 − 2λ_t(1 − α)) on mismatched coordinates (one fused pass per
+tensor, :meth:`~verl_commeff.mergers.kernels.MergerKernels.scale_mismatched_`).
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 
@@ -41,8 +45,8 @@ class SignedEMAMerger(Merger):
         """‖δ_t‖² = 4(1 − α)²·Σ_{mismatch} G²."""
         return (2.0 * (1.0 - self.alpha)) ** 2 * stats[MISMATCH_G_SQ]
 
-    def _merge_local_(self, g: torch.Tensor, mismatch: torch.Tensor, lam: torch.Tensor) -> None:
-        """G ← G − 2λ_t(1 − α)·G on mismatched coordinates (= G + λ_t·δ_t)."""
-        coef = lam * (2.0 * (1.0 - self.alpha))  # 0-d fp64 on g's device
-        masked = torch.where(mismatch, g, g.new_zeros(()), out=self._scratch.take(g, g.dtype))  # (shape) G on mismatch
-        g.addcmul_(masked, coef.to(g.dtype), value=-1.0)
+    def _merge_(self, g_local: Sequence[torch.Tensor], positive: Sequence[torch.Tensor], lam: torch.Tensor) -> None:
+        """G ← G − 2λ_t(1 − α)·G on mismatched coordinates (= G + λ_t·δ_t), one fused pass per tensor."""
+        coef = (lam * (2.0 * (1.0 - self.alpha))).to(torch.float32)  # 0-d on the gradients' device
+        for g, p in zip(g_local, positive):
+            self.kernels.scale_mismatched_(g, p, coef)

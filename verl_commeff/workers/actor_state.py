@@ -235,6 +235,8 @@ class CommEffActorState:
         self.merger = build_merger(cfg.merger, process_group=merger_group,
                                    replicated=(lambda: [codec.live_basis]) if codec is not None else None)
         self.targets = select_targets(model, cfg.anchor.targets)
+        for dtype, device in {(p.dtype, p.device) for _, p in self.targets}:
+            self.merger.kernels.warm_up(dtype, device)  # compile now: a missing compiler fails before training
         self.dp_codec = DPCodecState.from_config(cfg.dp_codec) if cfg.dp_codec.enable else None
         self.dp_groups = dp_groups if dp_groups is not None else ReplicaGroups()
         self._model = model

@@ -1,0 +1,126 @@
+"""The merger's per-tensor kernels, compiled and eager, against a plain-torch reference.
+
+Reference (written here from the kernels' contract, not from their code): mismatch =
+(G ≥ 0) ≠ (M̄ ≥ 0); stats = [Σ G², Σ_{mismatch} G², #mismatch] in fp64; the merge is
+G·m in fp32 stored in G's dtype, m = 1 − coef on mismatch and exactly 1 elsewhere.
+"""
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from verl_commeff.config import CommEffConfigError, MergerConfig
+from verl_commeff.mergers.kernels import MergerKernels
+
+MODES = ["compiled", "eager"]
+# 1-D, 2-D square and not, 3-D, below and above inductor's small-reduction size (4096).
+SHAPES = [(7,), (4097,), (64, 64), (96, 80), (3, 5, 7), (300, 40)]
+
+
+def _pair(shape, seed, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(shape, generator=gen).to(dtype)
+    m = torch.randn(shape, generator=gen)
+    g.view(-1)[:3] = torch.tensor([0.0, -0.0, 1e-30]).to(dtype)  # zeros: sign +, mismatch iff M̄ < 0
+    m.view(-1)[:2] = torch.tensor([-1.0, 0.0])
+    return g, m
+
+
+def _ref_stats(g, m):
+    mismatch = (g >= 0) != (m >= 0)
+    g64 = g.double()
+    return [float((g64 * g64).sum()), float((g64[mismatch] ** 2).sum()), int(mismatch.sum())]
+
+
+def _ref_scale(g, m, coef):
+    mismatch = (g >= 0) != (m >= 0)
+    c = torch.tensor(coef, dtype=torch.float32)
+    multiplier = torch.where(mismatch, 1.0 - c, torch.ones((), dtype=torch.float32))
+    return (g.float() * multiplier).to(g.dtype)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tensor_stats_match_the_reference(mode, dtype):
+    kernels = MergerKernels(mode)
+    for i, shape in enumerate(SHAPES):
+        g, m = _pair(shape, i, dtype)
+        got = kernels.tensor_stats(g, (m >= 0).to(torch.uint8))
+        want = _ref_stats(g, m)
+        assert got.dtype == torch.float32 and got.shape == (3,)
+        assert got[0].item() == pytest.approx(want[0], rel=1e-5)
+        assert got[1].item() == pytest.approx(want[1], rel=1e-5)
+        assert got[2].item() == want[2]  # the count is exact
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_scale_mismatched_is_bit_identical_to_the_reference(mode, dtype):
+    kernels = MergerKernels(mode)
+    for i, shape in enumerate(SHAPES):
+        g, m = _pair(shape, 10 + i, dtype)
+        coef = 0.3 + 0.1 * i
+        out = g.clone()
+        kernels.scale_mismatched_(out, (m >= 0).to(torch.uint8), torch.tensor(coef, dtype=torch.float32))
+        assert out.dtype == dtype and torch.equal(out, _ref_scale(g, m, coef))
+        mismatch = (g >= 0) != (m >= 0)
+        assert torch.equal(out[~mismatch], g[~mismatch])  # agreeing signs: untouched
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_non_contiguous_gradient_is_merged_in_place(mode):
+    kernels = MergerKernels(mode)
+    g, m = _pair((40, 30), 3)
+    g_t, m_t = g.t(), m.t()  # (30, 40) strided views
+    assert not g_t.is_contiguous()
+    want = _ref_scale(g_t, m_t, 0.7)
+    kernels.scale_mismatched_(g_t, (m_t >= 0).to(torch.uint8), torch.tensor(0.7))
+    assert torch.equal(g_t, want) and torch.equal(g, want.t())  # the mutation reached the base tensor
+    stats = kernels.tensor_stats(g_t, (m_t >= 0).to(torch.uint8))
+    assert stats[2].item() == _ref_stats(g_t, m_t)[2]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_zero_coef_leaves_non_finite_values_exactly(mode):
+    kernels = MergerKernels(mode)
+    g, m = _pair((50, 50), 4)
+    g[1, 1], g[2, 2], g[3, 3] = float("inf"), float("-inf"), float("nan")
+    out = g.clone()
+    kernels.scale_mismatched_(out, (m >= 0).to(torch.uint8), torch.zeros(()))
+    assert torch.equal(out.nan_to_num(nan=7.0), g.nan_to_num(nan=7.0)) and torch.equal(out.isnan(), g.isnan())
+
+
+def test_compiled_kernels_do_not_recompile_after_warm_up():
+    """One warm-up builds the graphs every later shape reuses (a recompile costs ~0.1-1 s on a tick)."""
+    kernels = MergerKernels("compiled")
+    kernels.warm_up(torch.float32, torch.device("cpu"))
+    before = counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        for i, shape in enumerate([(128, 128), (4864, 90), (12345,), (90, 4864)]):
+            g, m = _pair(shape, 20 + i)
+            positive = (m >= 0).to(torch.uint8)
+            kernels.tensor_stats(g, positive)
+            kernels.scale_mismatched_(g, positive, torch.tensor(0.5))
+    assert counters["stats"]["unique_graphs"] == before
+
+
+def test_a_compiler_failure_is_a_clear_error_not_a_fallback(monkeypatch):
+    import verl_commeff.mergers.kernels as kernels_module
+
+    def broken(*args):
+        raise OSError("no C++ compiler found")
+
+    monkeypatch.setattr(kernels_module, "_compiled", lambda kernel, dtype: broken)
+    kernels = MergerKernels("compiled")
+    with pytest.raises(RuntimeError, match=r"commeff.merger.kernels=eager") as err:
+        kernels.warm_up(torch.float32, torch.device("cpu"))
+    assert "no C++ compiler found" in str(err.value)
+    with pytest.raises(RuntimeError, match="could not build"):  # not marked warm: every later call says so too
+        kernels.tensor_stats(torch.ones(3), torch.ones(3, dtype=torch.uint8))
+
+
+def test_kernels_knob_is_validated():
+    with pytest.raises(CommEffConfigError, match=r"commeff.merger.kernels='fused' is not valid.*compiled.*eager"):
+        MergerConfig(kernels="fused")
+    with pytest.raises(ValueError, match="must be one of"):
+        MergerKernels("triton")
