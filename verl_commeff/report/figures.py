@@ -79,6 +79,30 @@ def event_legend_handles() -> list[Line2D]:
     ]
 
 
+def spread_labels(values: list[float], gap: float) -> list[float]:
+    """Label heights for ``values`` (same order): at least ``gap`` apart, order kept, each group centred on its values.
+
+    Steps:
+        1. Walk the values upwards; each starts a group of its own.
+        2. While the top group's lowest label is closer than ``gap`` to the group below, merge
+           the two: a group of k labels sits ``gap`` apart, centred on its values' mean.
+    """
+    def place(group: list[int]) -> list[float]:
+        centre = sum(values[i] for i in group) / len(group)
+        return [centre + (j - (len(group) - 1) / 2) * gap for j in range(len(group))]
+
+    groups: list[list[int]] = []
+    for i in sorted(range(len(values)), key=lambda i: values[i]):
+        groups.append([i])  # Step 1
+        while len(groups) > 1 and place(groups[-1])[0] - place(groups[-2])[-1] < gap:  # Step 2
+            groups[-2:] = [groups[-2] + groups[-1]]
+    heights = [0.0] * len(values)
+    for group in groups:
+        for i, height in zip(group, place(group)):
+            heights[i] = height
+    return heights
+
+
 def save(fig, path: Path) -> Path:
     """Write a figure as PNG and release it."""
     fig.savefig(path, dpi=DPI, format="png")
@@ -110,13 +134,18 @@ def plot_val_accuracy(
         path: the PNG to write.
     """
     fig, ax = plt.subplots(figsize=(8, 4.8))
+    ends = []  # (arm, last step, last value)
     for arm, series in validation.items():
         steps, values = series.index.to_numpy(), series.to_numpy()
         ax.fill_between(steps, values - noise, values + noise, color=colors[arm], alpha=0.15, linewidth=0)
         ax.plot(steps, values, marker="o", color=colors[arm], label=arm)
-        ax.annotate(f"{values[-1]:.3f}", (steps[-1], values[-1]), textcoords="offset points", xytext=(6, 0),
-                    va="center", fontsize=8, color=colors[arm])
+        ends.append((arm, steps[-1], float(values[-1])))
     ax.axhline(floor, color="0.35", linestyle="--", linewidth=1, label=f"no-merger floor {floor:.4f}")
+    low, high = ax.get_ylim()
+    label_ys = spread_labels([value for _, _, value in ends], gap=0.04 * (high - low))
+    for (arm, step, value), label_y in zip(ends, label_ys):  # end values, moved apart where they would overlap
+        ax.annotate(f"{value:.3f}", (step, value), xytext=(6, label_y), textcoords=("offset points", "data"),
+                    va="center", fontsize=8, color=colors[arm])
     return save_step_plot(fig, ax, "validation accuracy", f"Validation accuracy vs step (shaded: ±{noise:g} rollout noise)",
                           path)
 
