@@ -5,8 +5,8 @@ Every warm tick the merger passes over each local target gradient G twice (SPEC 
 1. statistics, before λ_t is known: ``tensor_stats(G, p) = [Σ G², Σ_{mismatch} G², #mismatch]``;
 2. the merge, once λ_t is global: ``scale_mismatched_(G, p, coef)``: G ← G·(1 − coef·1[mismatch]).
 
-``p`` is the uint8 view of the held mask sign(M̄) = + (one byte per coordinate, made once
-per hold) and "mismatch" means sign(G) ≠ sign(M̄) with sign(x) = + for x ≥ 0. Both are
+``p`` is the held uint8 mask 1[M̄ ≥ 0] (one byte per coordinate, made once per hold,
+:func:`~verl_commeff.mergers.stats.positive_masks`) and "mismatch" means sign(G) ≠ sign(M̄) with sign(x) = + for x ≥ 0. Both are
 written through the mismatch indicator
 
     d = 1[G ≥ 0] − p ∈ {−1, 0, +1},   d² = 1[mismatch],
@@ -21,8 +21,9 @@ Two implementations of the same formulas, chosen by ``commeff.merger.kernels``:
 
 - ``compiled`` (default): :func:`torch.compile` (``dynamic=True``, ``fullgraph=True``) of
   :func:`_tensor_stats` and :func:`_scale_mismatched_`. Needs inductor's backend: a C++
-  compiler on a CPU, Triton on a GPU. :meth:`MergerKernels.warm_up` compiles them once on a
-  tiny tensor and turns a failure into a clear error (no silent fallback to eager).
+  compiler on a CPU, Triton on a GPU. :meth:`MergerKernels.warm_up` compiles them when the
+  actor starts, on small tensors, and turns a failure into a clear error (no silent
+  fallback to eager).
 - ``eager``: the same formulas as in-place ops into reused :class:`Scratch` buffers (no
   gradient-sized allocation per tick); about 5 passes over memory per kernel instead of 1.
 
