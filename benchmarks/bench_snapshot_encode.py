@@ -5,7 +5,8 @@ q and o 896×896, k and v 128×896, gate and up 4864×896, down 896×4864; 29.8 
 fp32 master weights drawn N(0, 0.02²) (Qwen's initializer range), on the host. For each
 snapshot dtype (bf16, fp32) and each regime, an encoder of this tree and the encoder as it was
 before (kept below as :class:`_OldEncoder`, the baseline, in this file only) send a keyframe,
-then take turns (the order alternates) encoding the same weights after each change:
+then take turns (the order alternates; one untimed round first) encoding the same weights after
+each change:
 
 - ``adam``: one ``torch.optim.Adam`` step at lr 1e-6 on N(0, 1) gradients, after 3 warm-up
   steps (the RL regime: measured 1.5–3 % of the bf16 elements change per step; every fp32 one does);
@@ -20,7 +21,7 @@ Every payload of the new encoder is checked against the old one's, tensor by ten
 bit (the wire format is unchanged). Printed: median ms per snapshot of each, the ratio
 new/old, the changed fraction; ``--stages`` also times the parts of one encode separately.
 
-Usage: ``PYTHONPATH=$PWD python benchmarks/bench_snapshot_encode.py [--rounds 5] [--threads 2] [--stages]``
+Usage: ``PYTHONPATH=$PWD python benchmarks/bench_snapshot_encode.py [--rounds 6] [--threads 2] [--stages]``
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def stages(shards: list[torch.Tensor], dtype: torch.dtype, base: list[torch.Tens
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5, help="snapshots timed per regime and dtype")
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="snapshots timed per regime and dtype (even: each encoder goes first equally often)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stages", action="store_true", help="also time the parts of one encode")
     parser.add_argument("--regimes", default="adam,sparse,adam_lr1e-3,all")
@@ -176,17 +178,19 @@ def main() -> None:
             assert same_wire(new.encode(shards).to_host(), old.encode(shards).to_host())  # keyframes
             times = {"new": [], "old": []}
             changed = []
-            for r in range(args.rounds):
+            for r in range(-1, args.rounds):  # round -1: untimed (the first encode after a keyframe is slower)
                 make_change(regime, params, opt, gen)
                 got = {}
                 for name in (("new", "old") if r % 2 == 0 else ("old", "new")):
                     enc = new if name == "new" else old
                     t0 = time.perf_counter()
                     got[name] = enc.encode(shards).to_host()
-                    times[name].append(time.perf_counter() - t0)
+                    if r >= 0:
+                        times[name].append(time.perf_counter() - t0)
                 if not same_wire(got["new"], got["old"]):
                     raise AssertionError(f"{regime} {dtype}: the new payload differs from the old one")
-                changed.append(got["new"].changed_fraction())
+                if r >= 0:
+                    changed.append(got["new"].changed_fraction())
             n_new, n_old = statistics.median(times["new"]) * 1e3, statistics.median(times["old"]) * 1e3
             kinds = "delta" if all(t.is_delta for t in got["new"].tensors) else (
                 "dense" if not any(t.is_delta for t in got["new"].tensors) else "mixed")
