@@ -58,3 +58,48 @@ def test_bit_weights_are_made_once_per_device_not_per_call():
         unpack_signs(pack_signs(tensors))
     assert sign_bits._bit_weights.cache_info().misses == misses
     assert sign_bits._bit_weights(packed.bits[0].device) is sign_bits._bit_weights(torch.device("cpu"))
+
+
+def _pack_bool_by_hand(flags):
+    """Plain-Python packing: bit i % 8 of byte i // 8 is flag i."""
+    out = [0] * ((len(flags) + 7) // 8)
+    for i, f in enumerate(flags):
+        if f:
+            out[i // 8] |= 1 << (i % 8)
+    return out
+
+
+def test_pack_bool_every_byte_value():
+    """All 256 patterns of 8 flags (the int64-word packing gathers each byte's flags without carries)."""
+    from verl_commeff.mergers.sign_bits import pack_bool, unpack_bool
+
+    flags = ((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).bool()  # (256, 8): row v = bits of v
+    assert pack_bool(flags).tolist() == list(range(256))
+    assert torch.equal(unpack_bool(pack_bool(flags), flags.numel()), flags.reshape(-1))
+    # the same patterns at every word of a longer mask, in reverse order
+    assert pack_bool(flags.flip(0)).tolist() == list(range(255, -1, -1))
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1003])
+@pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 1.0])
+def test_pack_bool_matches_packing_by_hand(n, density):
+    from verl_commeff.mergers.sign_bits import pack_bool, unpack_bool
+
+    gen = torch.Generator().manual_seed(n)
+    mask = torch.rand(n, generator=gen) < density
+    packed = pack_bool(mask)
+    assert packed.dtype == torch.uint8 and packed.shape == ((n + 7) // 8,)
+    assert packed.tolist() == _pack_bool_by_hand(mask.tolist())
+    assert torch.equal(unpack_bool(packed, n), mask)
+
+
+def test_pack_bool_of_views():
+    """A slice at an offset that is not a multiple of 8, and a non-contiguous 2-D mask, pack row-major."""
+    from verl_commeff.mergers.sign_bits import pack_bool
+
+    gen = torch.Generator().manual_seed(3)
+    base = torch.rand(203, generator=gen) < 0.4
+    for view in (base[3:], base[5:110], base[8:200]):
+        assert pack_bool(view).tolist() == _pack_bool_by_hand(view.tolist())
+    grid = (torch.rand(9, 13, generator=gen) < 0.5).t()  # (13, 9), non-contiguous
+    assert pack_bool(grid).tolist() == _pack_bool_by_hand(grid.reshape(-1).tolist())

@@ -79,6 +79,49 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(_INT_OF_SIZE[t.element_size()]) if t.is_floating_point() else t
 
 
+# On a CPU, below this changed fraction (1 element in _SPARSE_BELOW) the changed positions are
+# found word by word. Measured on 29.8 M random flags, one torch thread (word by word vs one
+# nonzero): 11 vs 26 ms at 0.5 % set, 16 vs 27 at 1 %, 22 vs 29 at 2 %, 29 vs 32 at 3 %, 38 vs 34 at 4 %.
+_SPARSE_BELOW = 40
+
+
+def _changed_positions(changed: torch.Tensor, count: int) -> torch.Tensor:
+    """(count,) int64: the positions of the set flags of the (n,) bool ``changed``, ascending.
+
+    On a CPU ``nonzero`` tests every flag with a branch (~1 ns per flag and core, whatever the
+    count). When fewer than 1 in :data:`_SPARSE_BELOW` flags are set, most aligned groups of 8
+    flags are all clear, so there:
+
+    Steps:
+        1. The groups of 8 flags (viewed as int64 words) that hold a set flag: ``nonzero`` over n/8 words.
+        2. Those groups' flags: ``nonzero`` over 8 flags per group found.
+        3. Position = 8·group + offset in the group; the last ``n % 8`` flags are searched directly.
+
+    Elsewhere (denser, or on a GPU, where ``nonzero`` is a parallel scan and each call
+    synchronises with the host) one ``nonzero``.
+
+    Args:
+        changed: (n,) contiguous bool.
+        count: its number of set flags (already on the host).
+    """
+    n = changed.numel()
+    if count == 0:
+        return torch.empty(0, dtype=torch.int64, device=changed.device)
+    if changed.device.type != "cpu" or count * _SPARSE_BELOW >= n or changed.storage_offset() % 8:
+        return changed.nonzero().squeeze(1)  # (count,)
+    n_full = n - n % 8
+    head = changed[:n_full]
+    # Step 1: the words with a set flag.
+    hit = head.view(torch.uint8).view(torch.int64).nonzero().squeeze(1)  # (k_w,)
+    # Step 2: their flags.
+    offsets = head.view(-1, 8).index_select(0, hit).reshape(-1).nonzero().squeeze(1)  # (count_head,) in [0, 8 k_w)
+    # Step 3: positions.
+    positions = hit.index_select(0, offsets >> 3).mul_(8).add_(offsets & 7)  # (count_head,)
+    if n_full == n:
+        return positions
+    return torch.cat([positions, changed[n_full:].nonzero().squeeze(1).add_(n_full)])  # (count,)
+
+
 @dataclass
 class EncodedTensor:
     """One tensor of a snapshot: ``dense`` (the whole tensor) or ``mask`` + ``values`` (a delta).
@@ -182,7 +225,8 @@ class SnapshotEncoder:
             2. Keyframe (asked for, or no base yet): every tensor dense.
             3. Otherwise per tensor the changed mask (bit patterns differ); the changed counts
                of all tensors are read in ONE device→host copy.
-            4. Per tensor, a delta when ``ceil(n/8) + changed·size < n·size`` bytes, else dense.
+            4. Per tensor, a delta when ``ceil(n/8) + changed·size < n·size`` bytes (the mask
+               packed, the values gathered at :func:`_changed_positions`), else dense (the cast).
             5. The cast shards become the base.
 
         Raises:
@@ -202,15 +246,16 @@ class SnapshotEncoder:
             snap = EncodedSnapshot(self.stream, self.last_id, None, tensors)
         else:
             # Step 3: the changed masks; all counts in one host read.
-            changed = [(_bits(c) != _bits(b)).reshape(-1) for c, b in zip(cast, base)]  # (n_i,) bool each
+            changed = [torch.ne(_bits(c), _bits(b)).reshape(-1) for c, b in zip(cast, base)]  # (n_i,) bool each
             # count_nonzero: a bool sum casts the mask to int64 first
             counts = torch.stack([torch.count_nonzero(m) for m in changed]).tolist() if changed else []
-            # Step 4: delta or dense, by bytes.
+            # Step 4: delta or dense, by bytes; only a delta packs its mask and gathers its values.
             tensors = []
             for c, m, n_changed in zip(cast, changed, counts):
                 size, n = c.element_size(), c.numel()
                 if (n + 7) // 8 + n_changed * size < n * size:
-                    tensors.append(EncodedTensor(c.shape, mask=pack_bool(m), values=c.reshape(-1)[m]))
+                    values = c.reshape(-1).index_select(0, _changed_positions(m, n_changed))  # (n_changed,)
+                    tensors.append(EncodedTensor(c.shape, mask=pack_bool(m), values=values))
                 else:
                     tensors.append(EncodedTensor(c.shape, dense=c))
             snap = EncodedSnapshot(self.stream, self.last_id, self.last_id - 1, tensors)
