@@ -27,11 +27,14 @@ ratios to the stock step's median from the same run:
   fraction are printed;
 - ``tick``: the whole comm-eff tick over the stock tick (everything above and the anchor
   bookkeeping; noisier than the direct timings: the difference of two noisy medians);
-- ``wait``: the actor's wait for a separately placed anchor is measured by
-  ``benchmarks/bench_tick.py --ray`` (tiny model), not here.
+- ``wait`` (with ``--ray``): the actor's wait on firing ticks for a real anchor worker group
+  with ``placement=separate`` under Ray (its own process; K = cadence = ``--cadence``, the
+  codec's Q from the anchor), on the same model and batch shape, as a fraction of that run's
+  tick; its fetch per fire and the snapshot time on the actor are printed too. On this 2-core
+  machine the anchor's forward and backward share the cores with the actor's tick.
 
 Usage: ``python benchmarks/bench_anchor_midsize.py [--layers 4] [--ticks 10] [--transport sign] [--tokens 128]
-[--snapshot-dtype auto|fp32|bf16] [--kernels compiled|eager] [--cadence 5]``
+[--snapshot-dtype auto|fp32|bf16] [--kernels compiled|eager] [--cadence 5] [--ray]``
 """
 
 from __future__ import annotations
@@ -152,6 +155,8 @@ def main(argv=None) -> None:
                         help="commeff.anchor.snapshot_dtype (auto: the actor's FSDP param_dtype)")
     parser.add_argument("--kernels", choices=("compiled", "eager"), default="compiled",
                         help="commeff.merger.kernels (default compiled)")
+    parser.add_argument("--ray", action="store_true",
+                        help="also measure the actor's wait for a separately placed anchor group under Ray")
     parser.add_argument("--cadence", type=int, default=5,
                         help="anchor cadence = q_cadence: one snapshot and one Q refresh per this many ticks "
                              "(default 5, the seed's K=5 arm)")
@@ -165,6 +170,18 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_model(os.path.join(tmp, "midsize"), vocab_size=2048,
                                      num_hidden_layers=args.layers, **MIDSIZE_QWEN2)
+        wait = None
+        if args.ray:  # first: the in-process benchmark sets RANK/MASTER_PORT, which Ray workers would inherit
+            import ray
+
+            from benchmarks.bench_tick import bench_wait
+
+            ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+            wait = bench_wait(model_dir, args.ticks + 1, "separate", codec_rank=77, pp_size=args.layers,
+                              delay_k=args.cadence, cadence=args.cadence,
+                              batch=dict(prompt_len=args.tokens // 2, response_len=args.tokens - args.tokens // 2,
+                                         vocab=2000))
+            ray.shutdown()
         r = bench(model_dir, args.layers, args.ticks, args.transport, args.tokens, args.snapshot_dtype,
                   args.kernels, args.cadence)
     med = r["median_s"]
@@ -191,7 +208,13 @@ def main(argv=None) -> None:
     print(f"  snapshot payload: {snap['dtype']} deltas, {snap['changed'] * 100:.2f} % of elements changed per step, "
           f"{snap['bytes'] / 2**20:.2f} MiB vs {snap['dense_fp32'] / 2**20:.2f} MiB dense fp32 "
           f"({snap['dense_fp32'] / snap['bytes']:.1f}x)")
-    print("  anchor wait (placement=separate): not measured here (see benchmarks/bench_tick.py --ray)")
+    if wait is None:
+        print("  anchor wait (placement=separate): not measured (--ray)")
+    else:
+        print(f"  anchor wait (separate)   {wait['wait_s'] * 1e3:9.1f} ms   {wait['wait_s'] / wait['tick_s']:.3f} "
+              f"of that run's tick ({wait['tick_s'] * 1e3:.0f} ms, under Ray, anchor on the same 2 cores), "
+              f"mean over {wait['fires']} firing ticks; fetch {wait['fetch_s'] * 1e3:.1f} ms per fire, "
+              f"snapshot {wait['snapshot_s'] * 1e3:.1f} ms on the actor")
 
 
 if __name__ == "__main__":

@@ -68,8 +68,18 @@ def bench_tick(model_dir: str, ticks: int) -> dict:
     return {"stock_tick_s": stock_s, "commeff_tick_s": commeff_s, "tick_ratio": commeff_s / stock_s}
 
 
-def bench_wait(model_dir: str, ticks: int, placement: str) -> dict:
-    """Actor wait on firing ticks with a real anchor worker group under Ray (K=1, cadence 2)."""
+def bench_wait(model_dir: str, ticks: int, placement: str, codec_rank: int = 16, pp_size: int = 4,
+               delay_k: int = 1, cadence: int = 2, batch: dict | None = None) -> dict:
+    """Actor wait on firing ticks with a real anchor worker group under Ray (default K=1, cadence 2).
+
+    Args:
+        model_dir: the HF model both groups load.
+        ticks: ticks run; the first fire's period is not counted.
+        placement: ``separate`` (own processes) or ``colocated`` (the actor's resource pool).
+        codec_rank, pp_size: the boundary codec's r and stage count (``q_source=anchor``).
+        delay_k, cadence: the anchor's K and cadence (ticks).
+        batch: keyword arguments of ``make_ppo_batch`` (4 sequences of 8 + 8 tokens by default).
+    """
     import ray
     from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
 
@@ -80,8 +90,8 @@ def bench_wait(model_dir: str, ticks: int, placement: str) -> dict:
     from verl_commeff.workers.actor_worker import CommEffActorRolloutRefWorker
 
     config = compose_ppo_config(model_dir, "fsdp2").actor_rollout_ref
-    cfg = CommEffConfig(codec=CodecConfig(rank=16, pp_size=4, q_source="anchor"),
-                        anchor=AnchorConfig(delay_k=1, cadence=2, placement=placement))
+    cfg = CommEffConfig(codec=CodecConfig(rank=codec_rank, pp_size=pp_size, q_source="anchor"),
+                        anchor=AnchorConfig(delay_k=delay_k, cadence=cadence, placement=placement))
 
     def group(cls, pool, name):
         return RayWorkerGroup(resource_pool=pool, ray_cls_with_init=RayClassWithInitArgs(
@@ -101,20 +111,21 @@ def bench_wait(model_dir: str, ticks: int, placement: str) -> dict:
 
     waits, fetches, snapshots, tick_s = [], [], [], []
     for tick in tqdm(range(1, ticks + 1), desc=f"ticks ({placement})", unit="tick"):
-        batch = make_ppo_batch(seed=tick)
-        batch.batch["old_log_probs"] = torch.zeros_like(batch.batch["advantages"])
-        driver.before_update(tick, [_anchor_minibatch(batch)])
+        ppo_batch = make_ppo_batch(seed=tick, **(batch or {}))
+        ppo_batch.batch["old_log_probs"] = torch.zeros_like(ppo_batch.batch["advantages"])
+        driver.before_update(tick, [_anchor_minibatch(ppo_batch)])
         start = time.perf_counter()
-        metrics = update(actor, batch)
+        metrics = update(actor, ppo_batch)
         tick_s.append(time.perf_counter() - start)
         driver.after_update(tick)
-        if tick % 2 == 0:
+        if tick % cadence == 0:
             waits.append(metrics["commeff/anchor/wait_s"][0])
         fetches.append(metrics["commeff/anchor/fetch_s"][0])  # at any tick: a result ready early is prefetched
         snapshots.append(metrics["commeff/anchor/snapshot_s"][0])
-    skip = 1
-    return {"wait_s": statistics.mean(waits[skip:]), "fetch_s": sum(fetches[2 * skip:]) / len(waits[skip:]),
-            "snapshot_s": statistics.mean(s for s in snapshots[2:] if s > 0), "tick_s": statistics.median(tick_s[2:])}
+    skip = 1  # the first fire (its period includes the workers' first-use costs)
+    return {"wait_s": statistics.mean(waits[skip:]), "fetch_s": sum(fetches[cadence * skip:]) / len(waits[skip:]),
+            "snapshot_s": statistics.mean(s for s in snapshots[cadence:] if s > 0),
+            "tick_s": statistics.median(tick_s[cadence:]), "fires": len(waits) - skip}
 
 
 def _schedule(cfg):
