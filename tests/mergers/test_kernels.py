@@ -5,6 +5,8 @@ Reference (written here from the kernels' contract, not from their code): mismat
 G·m in fp32 stored in G's dtype, m = 1 − coef on mismatch and exactly 1 elsewhere.
 """
 
+import math
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -13,8 +15,9 @@ from verl_commeff.config import CommEffConfigError, MergerConfig
 from verl_commeff.mergers.kernels import MergerKernels
 
 MODES = ["compiled", "eager"]
-# 1-D, 2-D square and not, 3-D, below and above inductor's small-reduction size (4096).
-SHAPES = [(7,), (4097,), (64, 64), (96, 80), (3, 5, 7), (300, 40)]
+# 1-D, 2-D square and not, 3-D, a dim of size 1, below (eager formulas) and above
+# (compiled kernels) COMPILED_MIN_NUMEL.
+SHAPES = [(7,), (4097,), (64, 64), (96, 80), (3, 5, 7), (300, 40), (3, 40, 50), (1, 5000), (5000, 1)]
 
 
 def _pair(shape, seed, dtype=torch.float32):
@@ -45,7 +48,7 @@ def test_tensor_stats_match_the_reference(mode, dtype):
     kernels = MergerKernels(mode)
     for i, shape in enumerate(SHAPES):
         g, m = _pair(shape, i, dtype)
-        got = kernels.tensor_stats(g, (m >= 0).to(torch.uint8))
+        got = kernels.tensor_stats([g], [(m >= 0).to(torch.uint8)])[0]
         want = _ref_stats(g, m)
         assert got.dtype == torch.float32 and got.shape == (3,)
         assert got[0].item() == pytest.approx(want[0], rel=1e-5)
@@ -61,7 +64,7 @@ def test_scale_mismatched_is_bit_identical_to_the_reference(mode, dtype):
         g, m = _pair(shape, 10 + i, dtype)
         coef = 0.3 + 0.1 * i
         out = g.clone()
-        kernels.scale_mismatched_(out, (m >= 0).to(torch.uint8), torch.tensor(coef, dtype=torch.float32))
+        kernels.scale_mismatched_([out], [(m >= 0).to(torch.uint8)], torch.tensor(coef, dtype=torch.float32))
         assert out.dtype == dtype and torch.equal(out, _ref_scale(g, m, coef))
         mismatch = (g >= 0) != (m >= 0)
         assert torch.equal(out[~mismatch], g[~mismatch])  # agreeing signs: untouched
@@ -70,23 +73,23 @@ def test_scale_mismatched_is_bit_identical_to_the_reference(mode, dtype):
 @pytest.mark.parametrize("mode", MODES)
 def test_non_contiguous_gradient_is_merged_in_place(mode):
     kernels = MergerKernels(mode)
-    g, m = _pair((40, 30), 3)
-    g_t, m_t = g.t(), m.t()  # (30, 40) strided views
+    g, m = _pair((80, 60), 3)
+    g_t, m_t = g.t(), m.t()  # (60, 80) strided views
     assert not g_t.is_contiguous()
     want = _ref_scale(g_t, m_t, 0.7)
-    kernels.scale_mismatched_(g_t, (m_t >= 0).to(torch.uint8), torch.tensor(0.7))
+    kernels.scale_mismatched_([g_t], [(m_t >= 0).to(torch.uint8)], torch.tensor(0.7))
     assert torch.equal(g_t, want) and torch.equal(g, want.t())  # the mutation reached the base tensor
-    stats = kernels.tensor_stats(g_t, (m_t >= 0).to(torch.uint8))
-    assert stats[2].item() == _ref_stats(g_t, m_t)[2]
+    stats = kernels.tensor_stats([g_t], [(m_t >= 0).to(torch.uint8)])
+    assert stats[0, 2].item() == _ref_stats(g_t, m_t)[2]
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_zero_coef_leaves_non_finite_values_exactly(mode):
     kernels = MergerKernels(mode)
-    g, m = _pair((50, 50), 4)
+    g, m = _pair((90, 50), 4)
     g[1, 1], g[2, 2], g[3, 3] = float("inf"), float("-inf"), float("nan")
     out = g.clone()
-    kernels.scale_mismatched_(out, (m >= 0).to(torch.uint8), torch.zeros(()))
+    kernels.scale_mismatched_([out], [(m >= 0).to(torch.uint8)], torch.zeros(()))
     assert torch.equal(out.nan_to_num(nan=7.0), g.nan_to_num(nan=7.0)) and torch.equal(out.isnan(), g.isnan())
 
 
@@ -95,13 +98,32 @@ def test_compiled_kernels_do_not_recompile_after_warm_up():
     kernels = MergerKernels("compiled")
     kernels.warm_up(torch.float32, torch.device("cpu"))
     before = counters["stats"]["unique_graphs"]
-    with torch.no_grad():
-        for i, shape in enumerate([(128, 128), (4864, 90), (12345,), (90, 4864)]):
-            g, m = _pair(shape, 20 + i)
-            positive = (m >= 0).to(torch.uint8)
-            kernels.tensor_stats(g, positive)
-            kernels.scale_mismatched_(g, positive, torch.tensor(0.5))
+    for i, shape in enumerate([(128, 128), (4864, 90), (12345,), (90, 4864), (7,), (3, 5)]):
+        g, m = _pair(shape, 20 + i)
+        positive = (m >= 0).to(torch.uint8)
+        kernels.tensor_stats([g], [positive])
+        kernels.scale_mismatched_([g], [positive], torch.tensor(0.5))
     assert counters["stats"]["unique_graphs"] == before
+
+
+def test_odd_shard_shapes_compile_without_reaching_dynamo_s_limit():
+    """Empty and one-row shards (FSDP2 on many ranks), dims of size 1, 3-D and 4-D tensors, strided views:
+    each may need a graph of its own, far more than dynamo's default 8 per function; all merge right."""
+    kernels = MergerKernels("compiled")
+    shapes = [(0, 896), (1, 896), (0,), (1,), (2, 1), (1, 5000), (5000, 1), (2, 3000), (3, 40, 50), (1, 80, 60),
+              (2, 3, 40, 30), (4, 2, 1, 700)]
+    gs, ms = zip(*[_pair(s, 40 + i) if math.prod(s) >= 3 else (torch.randn(s), torch.randn(s))
+                   for i, s in enumerate(shapes)])
+    gs = list(gs) + [gs[5].t()]  # and a strided (5000, 1) → (1, 5000) view
+    ms = list(ms) + [ms[5].t()]
+    positives = [(m >= 0).to(torch.uint8) for m in ms]
+    stats = kernels.tensor_stats(gs, positives)
+    for row, g, m in zip(stats, gs, ms):
+        assert row[2].item() == _ref_stats(g, m)[2]
+    outs = [g.clone() for g in gs]
+    kernels.scale_mismatched_(outs, positives, torch.tensor(0.4))
+    for out, g, m in zip(outs, gs, ms):
+        assert torch.equal(out, _ref_scale(g, m, 0.4))
 
 
 def test_a_compiler_failure_is_a_clear_error_not_a_fallback(monkeypatch):
@@ -116,7 +138,7 @@ def test_a_compiler_failure_is_a_clear_error_not_a_fallback(monkeypatch):
         kernels.warm_up(torch.float32, torch.device("cpu"))
     assert "no C++ compiler found" in str(err.value)
     with pytest.raises(RuntimeError, match="could not build"):  # not marked warm: every later call says so too
-        kernels.tensor_stats(torch.ones(3), torch.ones(3, dtype=torch.uint8))
+        kernels.tensor_stats([torch.ones(5000)], [torch.ones(5000, dtype=torch.uint8)])
 
 
 def test_kernels_knob_is_validated():

@@ -36,18 +36,27 @@ feeds the ``sign_agree`` telemetry) and in fp64 across tensors and ranks.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import types
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
+import torch._dynamo
 
 from verl_commeff.mergers.scratch import Scratch
 
-__all__ = ["KERNEL_MODES", "MergerKernels", "N_TENSOR_STATS"]
+__all__ = ["COMPILED_MIN_NUMEL", "KERNEL_MODES", "MergerKernels", "N_TENSOR_STATS", "RECOMPILE_LIMIT"]
 
 KERNEL_MODES = ("compiled", "eager")
 N_TENSOR_STATS = 3  # [Σ G², Σ_{mismatch} G², #mismatch]
+# Tensors with fewer elements run the eager formulas: inductor specialises reductions of ≤ 4096
+# elements (and sizes 0 and 1) into graphs of their own, and a fused kernel gains nothing there.
+COMPILED_MIN_NUMEL = 4097
+# Graphs dynamo may build per (kernel, dtype) while the merger runs (its default, 8, is per code
+# object, process-wide; with fullgraph=True one more is an error). One graph per number of dims,
+# dims of size 1, strides and device: a few in practice, more for unusual shard shapes.
+RECOMPILE_LIMIT = 64
 
 
 # ---------------------------------------------------------------------------- the formulas (compiled)
@@ -146,9 +155,10 @@ class MergerKernels:
     Args:
         mode: one of :data:`KERNEL_MODES`.
 
-    Both methods take the tensors as they are (any float dtype and shape). The compiled
-    kernels have dynamic shapes: one graph per (dtype, device, number of dims) serves
-    every size (:meth:`warm_up` builds those of 1-D and 2-D tensors).
+    Both methods take the local tensors of a tick as they are (any float dtype and shape).
+    The compiled kernels have dynamic shapes: one graph per (dtype, device, number of dims)
+    serves every size (:meth:`warm_up` builds those of 1-D and 2-D tensors); tensors under
+    :data:`COMPILED_MIN_NUMEL` elements run the eager formulas (the same results).
     """
 
     def __init__(self, mode: str = "compiled"):
@@ -172,7 +182,7 @@ class MergerKernels:
         # under no_grad like apply_: the real ticks then reuse these dynamic-shape graphs instead of
         # recompiling (a square first input would specialise on rows == cols, a view on its base).
         try:
-            with torch.no_grad():
+            with self._compiling():
                 for shape in ((5003,), (41, 127)):
                     g = (torch.arange(5003 if len(shape) == 1 else 41 * 127, device=device).reshape(shape)
                          .to(dtype) - 2000)  # (shape) both signs
@@ -189,19 +199,44 @@ class MergerKernels:
             ) from err
         self._warm.add(key)
 
-    def tensor_stats(self, g: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-        """[Σ G², Σ_{mismatch} G², #mismatch] of ``g`` (a (3,) fp32 tensor); ``positive``: uint8 like ``g``."""
-        if self.mode == "eager":
-            return _eager_tensor_stats(g, positive, self._scratch)
-        self.warm_up(g.dtype, g.device)
-        with torch.no_grad():  # one grad mode for every call: dynamo guards on it
-            return _compiled("stats", g.dtype)(g, positive)
+    def _use_compiled(self, g: torch.Tensor) -> bool:
+        """Compiled for a tensor above inductor's small-reduction size; tiny ones run the eager formulas.
 
-    def scale_mismatched_(self, g: torch.Tensor, positive: torch.Tensor, coef: torch.Tensor) -> None:
-        """G ← G·(1 − coef·1[sign(G) ≠ sign(M̄)]) in place; ``coef``: 0-d fp32 on ``g``'s device."""
-        if self.mode == "eager":
-            _eager_scale_mismatched_(g, positive, coef, self._scratch)
-            return
-        self.warm_up(g.dtype, g.device)
-        with torch.no_grad():
-            _compiled("scale", g.dtype)(g, positive, coef)
+        A tiny tensor gains nothing from a fused kernel, and each size class (0, 1, ≤ 4096
+        elements) would be one more compiled graph (see :data:`RECOMPILE_LIMIT`).
+        """
+        return self.mode == "compiled" and g.numel() >= COMPILED_MIN_NUMEL
+
+    def tensor_stats(self, gs: Sequence[torch.Tensor], positives: Sequence[torch.Tensor]) -> torch.Tensor:
+        """[Σ G², Σ_{mismatch} G², #mismatch] of each tensor, a (T, 3) fp32 tensor.
+
+        Args:
+            gs: the T local gradient tensors (any float dtype and shape).
+            positives: per tensor, the uint8 mask 1[M̄ ≥ 0], shaped like it.
+        """
+        with self._compiling():
+            rows = []
+            for g, positive in zip(gs, positives):
+                if self._use_compiled(g):
+                    self.warm_up(g.dtype, g.device)
+                    rows.append(_compiled("stats", g.dtype)(g, positive))
+                else:
+                    rows.append(_eager_tensor_stats(g, positive, self._scratch))
+            return torch.stack(rows)  # (T, 3)
+
+    def scale_mismatched_(self, gs: Sequence[torch.Tensor], positives: Sequence[torch.Tensor],
+                          coef: torch.Tensor) -> None:
+        """G ← G·(1 − coef·1[sign(G) ≠ sign(M̄)]) in place on each tensor; ``coef``: 0-d fp32 on their device."""
+        with self._compiling():
+            for g, positive in zip(gs, positives):
+                if self._use_compiled(g):
+                    self.warm_up(g.dtype, g.device)
+                    _compiled("scale", g.dtype)(g, positive, coef)
+                else:
+                    _eager_scale_mismatched_(g, positive, coef, self._scratch)
+
+    @contextlib.contextmanager
+    def _compiling(self):
+        """One grad mode for every call (dynamo guards on it) and this module's recompile limit, once per pass."""
+        with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            yield

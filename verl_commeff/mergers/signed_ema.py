@@ -48,5 +48,4 @@ class SignedEMAMerger(Merger):
     def _merge_(self, g_local: Sequence[torch.Tensor], positive: Sequence[torch.Tensor], lam: torch.Tensor) -> None:
         """G ← G − 2λ_t(1 − α)·G on mismatched coordinates (= G + λ_t·δ_t), one fused pass per tensor."""
         coef = (lam * (2.0 * (1.0 - self.alpha))).to(torch.float32)  # 0-d on the gradients' device
-        for g, p in zip(g_local, positive):
-            self.kernels.scale_mismatched_(g, p, coef)
+        self.kernels.scale_mismatched_(g_local, positive, coef)

@@ -89,7 +89,7 @@ def global_stats(
     kernels = MergerKernels("eager") if kernels is None else kernels
     device = g_local[0].device
     # Step 1: the fused per-tensor sums.
-    per_tensor = torch.stack([kernels.tensor_stats(g, p) for g, p in zip(g_local, positive)])  # (T, N_TENSOR_STATS) fp32
+    per_tensor = kernels.tensor_stats(g_local, positive)  # (T, 3) fp32
     g_sq, mis_sq, mis_count = per_tensor.to(STAT_DTYPE).sum(dim=0).unbind()
     # Step 2: the dense-only sums.
     zero = torch.zeros((), dtype=STAT_DTYPE, device=device)
