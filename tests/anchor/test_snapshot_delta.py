@@ -15,6 +15,8 @@ from verl_commeff.anchor.snapshot_delta import (
 from verl_commeff.ledger import payload_bytes
 from verl_commeff.workers.weight_shards import export_local_shards
 
+from tests.mergers.reference import pack_bool_by_hand
+
 _INT = {4: torch.int32, 2: torch.int16}
 
 
@@ -242,15 +244,6 @@ def test_anchor_weights_equal_the_actor_snapshot_bit_for_bit_through_the_worker(
 _SHAPES = [(13, 7), (64,), (5,), (3, 1000), (1,), (0, 4), (8, 9)]  # 91 and 5 and 1: not multiples of 8
 
 
-def _flags_by_hand(flags):
-    """Plain-Python packing: bit i % 8 of byte i // 8 is flag i."""
-    out = [0] * ((len(flags) + 7) // 8)
-    for i, f in enumerate(flags):
-        if f:
-            out[i // 8] |= 1 << (i % 8)
-    return out
-
-
 def _check_payload_by_hand(snap, new, old):
     """Each tensor of ``snap`` against the rule worked out in plain Python over the bit patterns."""
     for enc, a, b in zip(snap.tensors, new, old):
@@ -259,7 +252,7 @@ def _check_payload_by_hand(snap, new, old):
         n, size = len(flags), a.element_size()
         assert enc.is_delta == ((n + 7) // 8 + sum(flags) * size < n * size)
         if enc.is_delta:
-            assert enc.mask.tolist() == _flags_by_hand(flags)
+            assert enc.mask.tolist() == pack_bool_by_hand(flags)
             assert _bits(enc.values).tolist() == [x for x, f in zip(now, flags) if f]
         else:
             assert _bits(enc.dense).reshape(-1).tolist() == now

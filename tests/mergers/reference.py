@@ -72,3 +72,12 @@ class RefDose:
 
 def close(a: float, b: float, rel: float = 1e-9, abs_: float = 1e-12) -> bool:
     return math.isclose(a, b, rel_tol=rel, abs_tol=abs_)
+
+
+def pack_bool_by_hand(flags) -> list[int]:
+    """Plain-Python bit packing (the documented wire layout): bit i % 8 of byte i // 8 is flag i."""
+    out = [0] * ((len(flags) + 7) // 8)
+    for i, f in enumerate(flags):
+        if f:
+            out[i // 8] |= 1 << (i % 8)
+    return out

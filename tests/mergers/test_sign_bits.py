@@ -5,7 +5,7 @@ import torch
 
 from verl_commeff.mergers.sign_bits import PackedSigns, pack_signs, sign_mask, unpack_signs
 
-from .reference import sign_pm1
+from .reference import pack_bool_by_hand, sign_pm1
 
 
 @pytest.mark.parametrize("shape", [(1,), (7,), (8,), (9,), (13, 3), (2, 3, 5), (0,), (4, 0)])
@@ -60,15 +60,6 @@ def test_bit_weights_are_made_once_per_device_not_per_call():
     assert sign_bits._bit_weights(packed.bits[0].device) is sign_bits._bit_weights(torch.device("cpu"))
 
 
-def _pack_bool_by_hand(flags):
-    """Plain-Python packing: bit i % 8 of byte i // 8 is flag i."""
-    out = [0] * ((len(flags) + 7) // 8)
-    for i, f in enumerate(flags):
-        if f:
-            out[i // 8] |= 1 << (i % 8)
-    return out
-
-
 def test_pack_bool_every_byte_value():
     """All 256 patterns of 8 flags (the int64-word packing gathers each byte's flags without carries)."""
     from verl_commeff.mergers.sign_bits import pack_bool, unpack_bool
@@ -89,7 +80,7 @@ def test_pack_bool_matches_packing_by_hand(n, density):
     mask = torch.rand(n, generator=gen) < density
     packed = pack_bool(mask)
     assert packed.dtype == torch.uint8 and packed.shape == ((n + 7) // 8,)
-    assert packed.tolist() == _pack_bool_by_hand(mask.tolist())
+    assert packed.tolist() == pack_bool_by_hand(mask.tolist())
     assert torch.equal(unpack_bool(packed, n), mask)
 
 
@@ -100,6 +91,6 @@ def test_pack_bool_of_views():
     gen = torch.Generator().manual_seed(3)
     base = torch.rand(203, generator=gen) < 0.4
     for view in (base[3:], base[5:110], base[8:200]):
-        assert pack_bool(view).tolist() == _pack_bool_by_hand(view.tolist())
+        assert pack_bool(view).tolist() == pack_bool_by_hand(view.tolist())
     grid = (torch.rand(9, 13, generator=gen) < 0.5).t()  # (13, 9), non-contiguous
-    assert pack_bool(grid).tolist() == _pack_bool_by_hand(grid.reshape(-1).tolist())
+    assert pack_bool(grid).tolist() == pack_bool_by_hand(grid.reshape(-1).tolist())
