@@ -139,10 +139,10 @@ _KERNELS = {"stats": _tensor_stats, "scale": _scale_mismatched_}
 def _compiled(kernel: str, dtype: torch.dtype) -> Callable:
     """``torch.compile`` of one kernel for one gradient dtype, shared by every merger of the process.
 
-    Each (kernel, dtype) compiles a copy of the function with its own code object: dynamo
-    allows 8 graphs per code object (``recompile_limit``; with ``fullgraph=True`` a ninth is an
-    error), and one graph per number of dims, size class (inductor specialises reductions of
-    ≤ 4096 elements) and device would exceed that across dtypes in one process.
+    Each (kernel, dtype) compiles a copy of the function with its own code object, because
+    dynamo counts graphs per code object (``recompile_limit``: 8 by default, raised to
+    :data:`RECOMPILE_LIMIT` while the merger's passes run; with ``fullgraph=True`` one more is
+    an error), and the graphs of every dtype a process merges would otherwise share one count.
     """
     fn = _KERNELS[kernel]
     copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
