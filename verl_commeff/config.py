@@ -261,9 +261,7 @@ class MergerConfig(BaseConfig):
         if isinstance(self.adaptive, dict):
             object.__setattr__(self, "adaptive", AdaptiveLambdaConfig(**self.adaptive))
         _check_int("commeff.merger.checksum_every", self.checksum_every, 0)
-        if self.kernels not in KERNEL_MODES:
-            raise CommEffConfigError(
-                f"commeff.merger.kernels={self.kernels!r} is not valid: must be one of {list(KERNEL_MODES)}")
+        _check_choice("commeff.merger.kernels", self.kernels, KERNEL_MODES)
 
 
 @dataclass

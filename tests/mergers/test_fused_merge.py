@@ -59,6 +59,8 @@ def test_merge_is_bit_identical_to_the_plain_formula_across_holds(transport, dty
             assert met[P + "sign_agree"] == ref.sign_agree(g, m_bar)  # exact count, zeros included
             want = ref.ratio_c(g, m_bar, 0.25)
             assert met[P + "delta_ratio"] == pytest.approx(want, rel=1e-5 if dtype == torch.float32 else 1e-2)
+            if transport == "shards":  # ‖M̄‖² is kept per hold: each new M̄ must replace it
+                assert met[P + "cos"] == pytest.approx(ref.cos_c(g, m_bar), rel=1e-5 if dtype == torch.float32 else 1e-2)
 
 
 @pytest.mark.parametrize("kernels", ["compiled", "eager"])

@@ -47,6 +47,7 @@ from verl_commeff.mergers.stats import (
     NUMEL,
     LocalHeld,
     global_stats,
+    held_sq_norm,
     positive_masks,
 )
 from verl_commeff.mergers.kernels import MergerKernels
@@ -128,7 +129,8 @@ class Merger:
         self.source_tick: Optional[int] = None
         self._held_checked = False  # layout checked against the grads since the last hold()
         self._positive: Optional[list[torch.Tensor]] = None  # per target: uint8 sign(M̄) = +, made once per hold
-        self.kernels = MergerKernels(getattr(cfg, "kernels", "compiled"))  # the per-tensor passes of a tick
+        self._held_sq: Optional[torch.Tensor] = None  # dense M̄: Σ‖M̄_i‖² of the local tensors, made once per hold
+        self.kernels = MergerKernels(cfg.kernels)  # the per-tensor passes of a tick
         # Counters (host ints: known without reading the device).
         self.last_tick = 0
         self.cold_ticks = 0
@@ -198,6 +200,7 @@ class Merger:
         self.source_tick = source_tick
         self._held_checked = False
         self._positive = None
+        self._held_sq = None
 
     def _local_held(self) -> LocalHeld:
         """The held M̄ as local tensors (DTensor → ``to_local()``), or its packed signs."""
@@ -236,7 +239,8 @@ class Merger:
             2. Cold (no M̄ held yet): G′ = G, count a cold tick, done.
             3. Take local views of the grads (DTensor → ``to_local()``); on the first tick
                after a hold, check M̄'s layout against them and make the per-target masks
-               sign(M̄) = + (sign bits unpacked once per held M̄, not per tick).
+               sign(M̄) = + (sign bits unpacked once per held M̄, not per tick) and, for a
+               dense M̄, its ‖M̄‖².
             4. Per local tensor, partial sums: ‖G‖², Σ G² and count over sign-mismatched
                coordinates, numel, and with dense M̄ also ⟨G, M̄⟩ and ‖M̄‖². Stack them into
                one (6,) fp64 vector and all-reduce it ONCE over the shard group. One fused
@@ -290,16 +294,17 @@ class Merger:
             else:
                 check_held_layout([m.shape for m in held], [m.device for m in held], g_local)
             self._held_checked = True
+        dense = not isinstance(held, PackedSigns)
         if self._positive is None:
             self._positive = positive_masks(held)  # per target (shape) uint8
+            self._held_sq = held_sq_norm(held) if dense else None  # 0-d fp64
         self.last_tick = tick
-        dense = not isinstance(held, PackedSigns)
         zero = torch.zeros((), dtype=STAT_DTYPE, device=g_local[0].device)
 
         # Step 4: partial sums, one all-reduce.
         reduce, group = reduce_group(grads, self.process_group)
         stats = global_stats(g_local, self._positive, held if dense else None, reduce, group,
-                             self.kernels)  # (N_STATS,)
+                             self.kernels, held_sq=self._held_sq)  # (N_STATS,)
 
         # Step 5: c_t and λ_t.
         delta_ratio = ratio_signal(self._delta_sq(stats), stats[G_SQ])

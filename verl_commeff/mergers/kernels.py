@@ -46,10 +46,9 @@ import torch._dynamo
 
 from verl_commeff.mergers.scratch import Scratch
 
-__all__ = ["COMPILED_MIN_NUMEL", "KERNEL_MODES", "MergerKernels", "N_TENSOR_STATS", "RECOMPILE_LIMIT"]
+__all__ = ["COMPILED_MIN_NUMEL", "KERNEL_MODES", "MergerKernels", "RECOMPILE_LIMIT"]
 
 KERNEL_MODES = ("compiled", "eager")
-N_TENSOR_STATS = 3  # [Σ G², Σ_{mismatch} G², #mismatch]
 # Tensors with fewer elements run the eager formulas: inductor specialises reductions of ≤ 4096
 # elements (and sizes 0 and 1) into graphs of their own, and a fused kernel gains nothing there.
 COMPILED_MIN_NUMEL = 4097

@@ -1,7 +1,9 @@
 """Reusable work buffers of the merger: no gradient-sized allocation per tick.
 
-Every tick the merger needs, per target tensor, a sign-mismatch mask (bool) and the
-gradient restricted to it (``where(mismatch, G, 0)``). Allocating them fresh for each of
+With ``commeff.merger.kernels=eager`` every tick needs, per target tensor, a sign-mismatch
+mask (1 byte per coordinate) and a gradient-sized work tensor (G·1[mismatch] for the
+statistics, the fp32 multiplier for the merge; :mod:`~verl_commeff.mergers.kernels`; the
+compiled kernels need neither). Allocating them fresh for each of
 the ~200 targets twice per tick costs more than the arithmetic on a CPU (each large
 allocation is fresh pages to fault in) and churns the caching allocator on a GPU. The
 tensors are processed one after another, so one flat buffer per (dtype, device), as large
@@ -9,7 +11,8 @@ as the largest target, serves them all: :meth:`Scratch.take` returns a view of i
 shaped like the tensor. A view is valid until the next :meth:`take` of the same dtype.
 
 Memory: the largest target's numel × (1 byte for the mask + the element size of each
-gradient dtype used), independent of the number of targets. Not checkpointed.
+gradient dtype used, + 4 for the fp32 multiplier), independent of the number of targets.
+Not checkpointed.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from verl_commeff.mergers.kernels import MergerKernels
 from verl_commeff.mergers.sign_bits import PackedSigns, sign_mask
 
 __all__ = ["G_SQ", "GM_DOT", "MISMATCH_COUNT", "MISMATCH_G_SQ", "M_SQ", "NUMEL", "N_STATS", "global_stats",
-           "positive_masks"]
+           "held_sq_norm", "positive_masks"]
 
 G_SQ, MISMATCH_G_SQ, MISMATCH_COUNT, NUMEL, GM_DOT, M_SQ = range(6)
 N_STATS = 6
@@ -55,6 +55,15 @@ def positive_masks(held: LocalHeld) -> list[torch.Tensor]:
     return [(m >= 0).to(torch.uint8) for m in held]
 
 
+def held_sq_norm(dense_held: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ_i ‖M̄_i‖² of this rank's local M̄ tensors (one foreach norm), a 0-d fp64 tensor.
+
+    It depends on the held M̄ alone: the merger computes it once per hold, like the masks.
+    """
+    m_norms = torch.stack(torch._foreach_norm(list(dense_held), 2, dtype=torch.float32)).to(STAT_DTYPE)  # (T,)
+    return m_norms.square().sum()
+
+
 def _fp32_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """⟨a, b⟩ accumulated in fp32 (no copy when already fp32), as a 0-d fp32 tensor."""
     return torch.dot(a.reshape(-1).float(), b.reshape(-1).float())
@@ -67,13 +76,14 @@ def global_stats(
     reduce: bool,
     group: Optional[dist.ProcessGroup] = None,
     kernels: Optional[MergerKernels] = None,
+    held_sq: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The tick's global statistics (see the module doc), a (N_STATS,) fp64 device tensor.
 
     Steps:
         1. Per tensor, one pass of the fused kernel (:meth:`MergerKernels.tensor_stats`):
            ‖G_i‖², Σ G_i² over sign-mismatched coordinates and their count (fp32).
-        2. With dense M̄ also ⟨G_i, M̄_i⟩ and ‖M̄‖² (foreach norm).
+        2. With dense M̄ also ⟨G_i, M̄_i⟩, and ‖M̄‖² (``held_sq``, or :func:`held_sq_norm`).
         3. Sum across tensors in fp64 into one (N_STATS,) vector; if ``reduce``, all-reduce
            it (SUM) once over ``group``.
 
@@ -85,6 +95,7 @@ def global_stats(
         reduce: whether the tensors are shards whose sums must be all-reduced.
         group: the shard group (None: the default group).
         kernels: the per-tensor kernels (default: eager ones).
+        held_sq: :func:`held_sq_norm` of ``dense_held`` when the caller keeps it (None: computed here).
     """
     kernels = MergerKernels("eager") if kernels is None else kernels
     device = g_local[0].device
@@ -95,8 +106,7 @@ def global_stats(
     zero = torch.zeros((), dtype=STAT_DTYPE, device=device)
     gm_dot, m_sq = zero, zero
     if dense_held is not None:
-        m_norms = torch.stack(torch._foreach_norm(list(dense_held), 2, dtype=torch.float32)).to(STAT_DTYPE)  # (T,)
-        m_sq = m_norms.square().sum()
+        m_sq = held_sq_norm(dense_held) if held_sq is None else held_sq
         gm_dot = torch.stack([_fp32_dot(g, m) for g, m in zip(g_local, dense_held)]).to(STAT_DTYPE).sum()
     # Step 3: one vector, one all-reduce.
     numel = torch.full((), float(sum(g.numel() for g in g_local)), dtype=STAT_DTYPE, device=device)
