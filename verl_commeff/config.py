@@ -1,7 +1,8 @@
 """Config dataclasses for every verl-commeff knob (the ``commeff`` yaml node).
 
 They follow verl's own convention: dataclasses on :class:`verl.base_config.BaseConfig`
-(dict-like, frozen after construction), ``Args:`` docstrings and ``__post_init__``
+(dict-like, frozen after construction; a stand-in with the same interface when verl is not
+installed, :mod:`verl_commeff.base_config`), ``Args:`` docstrings and ``__post_init__``
 validation. A bad value raises :class:`CommEffConfigError` (a ``ValueError``) naming the
 field, the value and the allowed range, e.g.::
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from verl.base_config import BaseConfig
+from verl_commeff.base_config import BaseConfig
 
 __all__ = [
     "AdaptiveLambdaConfig",

@@ -51,6 +51,15 @@ def _tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def _is_tensordict(obj: Any) -> bool:
+    """Whether ``obj`` is a TensorDict (verl's batches); without tensordict installed nothing is."""
+    try:
+        from tensordict import TensorDictBase
+    except ImportError:  # a torch-only process (the core on a bare GPU box) holds no TensorDict
+        return False
+    return isinstance(obj, TensorDictBase)
+
+
 def payload_bytes(obj: Any) -> int:
     """Bytes of every tensor in ``obj``: a tensor, a TensorDict, a mapping, a sequence, packed signs.
 
@@ -59,8 +68,6 @@ def payload_bytes(obj: Any) -> int:
     """
     if isinstance(obj, torch.Tensor):
         return _tensor_bytes(obj)
-    from tensordict import TensorDictBase
-
     from verl_commeff.anchor.snapshot_delta import EncodedSnapshot
     from verl_commeff.mergers.sign_bits import PackedSigns
 
@@ -68,7 +75,7 @@ def payload_bytes(obj: Any) -> int:
         return payload_bytes(obj.bits)
     if isinstance(obj, EncodedSnapshot):  # masks + changed values, or dense tensors; ids are metadata
         return payload_bytes(obj.payload())
-    if isinstance(obj, TensorDictBase):
+    if _is_tensordict(obj):
         return sum(payload_bytes(v) for v in obj.values(include_nested=False, leaves_only=False))
     if isinstance(obj, Mapping):
         return sum(payload_bytes(v) for v in obj.values())
