@@ -237,10 +237,14 @@ class MergerConfig(BaseConfig):
             shard or sign bits against the anchor's fingerprint of it, the live Q, the
             ticks) and fail with a clear error when a rank differs (one all-gather of a
             ~20-number row); 0 = never.
-        kernels: how the merger's two passes over each gradient run: ``compiled`` (one
-            fused ``torch.compile`` kernel per pass; needs a C++ compiler on a CPU, Triton
-            on a GPU, checked when the actor starts) or ``eager`` (the same maths as
-            in-place torch ops, about 5 passes over memory each).
+        kernels: how the merger's two passes over the gradients run: ``auto`` (the fastest
+            measured on the gradients' device type: ``compiled`` on a CPU, ``triton`` on a
+            CUDA GPU, ``eager`` elsewhere), ``triton`` (CUDA: one multi-tensor Triton launch
+            per pass over every target, reading sign(M̄) as packed bits), ``compiled`` (one
+            fused ``torch.compile`` kernel per tensor and pass; needs a C++ compiler on a
+            CPU, Triton on a GPU) or ``eager`` (the same maths as in-place torch ops, about 5
+            passes over memory each). Built and checked when the actor starts; all give
+            bit-identical merged gradients.
     """
 
     name: str = "signed_ema"
@@ -248,7 +252,7 @@ class MergerConfig(BaseConfig):
     age_decay: float = 1.0
     adaptive: AdaptiveLambdaConfig = field(default_factory=AdaptiveLambdaConfig)
     checksum_every: int = 50
-    kernels: str = "compiled"
+    kernels: str = "auto"
 
     def __post_init__(self):
         from verl_commeff.mergers.kernels import KERNEL_MODES

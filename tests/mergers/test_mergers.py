@@ -314,8 +314,8 @@ def test_non_finite_dense_m_bar_is_never_merged():
 def test_packed_signs_are_unpacked_once_per_hold_and_no_tensor_is_built_per_tick(monkeypatch):
     """transport=sign: the held bits are unpacked at the first tick after a hold, then reused;
     no tick builds a tensor from host values (torch.tensor: a host→device copy on a GPU)."""
+    import verl_commeff.mergers.kernels as kernels
     import verl_commeff.mergers.sign_bits as sign_bits
-    import verl_commeff.mergers.stats as stats
 
     calls = {"unpack": 0, "tensor": 0}
     real_mask, real_tensor = sign_bits.sign_mask, torch.tensor
@@ -329,7 +329,7 @@ def test_packed_signs_are_unpacked_once_per_hold_and_no_tensor_is_built_per_tick
         return real_tensor(*a, **k)
 
     monkeypatch.setattr(sign_bits, "sign_mask", counted_mask)
-    monkeypatch.setattr(stats, "sign_mask", counted_mask)
+    monkeypatch.setattr(kernels, "sign_mask", counted_mask)
     merger = build_merger(_cfg(alpha=0.25, checksum_every=0))
     reference = build_merger(_cfg(alpha=0.25, checksum_every=0))
     tick = 0

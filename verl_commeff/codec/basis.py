@@ -77,7 +77,11 @@ def canonical_fill(hidden: int, rank: int, device: Optional[torch.device] = None
     gen = torch.Generator(device="cpu").manual_seed(_CANONICAL_FILL_SEED)
     fill = torch.randn(hidden, rank, generator=gen, dtype=BASIS_DTYPE)  # (H, r)
     fill = fill / torch.linalg.vector_norm(fill, dim=0, keepdim=True)
-    return fill.to(device) if device is not None else fill
+    if device is None or torch.device(device).type == "cpu":
+        return fill if device is None else fill.to(device)
+    # Through pinned memory, non-blocking: a blocking host→device copy waits for the device (a
+    # host sync in the first Q refresh on a GPU); the allocator keeps the pinned block until it is copied.
+    return fill.pin_memory().to(device, non_blocking=True)
 
 
 def _signed_qr(V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

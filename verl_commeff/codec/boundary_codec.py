@@ -135,6 +135,16 @@ class BoundaryCodec:
         self._boundary_projected = [False] * num_boundaries
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
+    # ---- memory ----------------------------------------------------------------------------
+    def buffers(self) -> dict[str, list[torch.Tensor]]:
+        """The device buffers this codec holds now, by name (for memory accounting)."""
+        return {
+            "q_live": [self._live],  # (B, H, r) fp32
+            "q_staged": [] if self._staged is None else [self._staged],  # (B, H, r)
+            "q_sketch": [self._sketch],  # (B, H, r) fp32 accumulator
+            "q_cast_cache": list(self._cast_cache.values()),  # live Q in the activations' dtype
+        }
+
     # ---- placement -------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -367,7 +377,7 @@ class BoundaryCodec:
             return False
         self._live, self._staged = self._staged, None
         self._cast_cache.clear()
-        self.telemetry.record_q_update(conditioning(self._live))
+        self.telemetry.record_q_update(self._live)
         return True
 
     def _require_observed(self, caller: str) -> None:

@@ -1,14 +1,16 @@
 """Per-step telemetry of the boundary codec, read on the host once per step (SPEC §6).
 
-The hooks only add to device tensors (reconstruction error, Q conditioning) or to Python
-ints derived from tensor shapes (token counts, bytes), so recording never synchronises
-with the device. :meth:`CodecTelemetry.metrics` reads everything in one transfer.
+The hooks only add to device tensors (reconstruction error) or to Python ints derived from
+tensor shapes (token counts, bytes), so recording never synchronises with the device. Q's
+conditioning needs singular values, whose CUDA solver checks its status on the host: a
+basis that goes live is only remembered, and its conditioning is computed when the step's
+metrics are read (:meth:`CodecTelemetry.metrics`, which reads everything in one transfer).
 
 Metric names (``l`` is the 0-based index of a boundary layer):
 
 - ``commeff/codec/recon_err/layer_{l}``: mean over this step's projected forwards of
   ‖h − hQQᵀ‖/‖h‖ (omitted when the step had none);
-- ``commeff/codec/q_cond/layer_{l}``: σ_max/σ_min of the live Q (computed when it goes live);
+- ``commeff/codec/q_cond/layer_{l}``: σ_max/σ_min of the live Q (computed at the step's metrics read);
 - ``commeff/codec/q_updates``: staged bases made live so far (cumulative);
 - ``commeff/codec/activations``: activation rows (token vectors) folded into the sketch so
   far, summed over boundaries (cumulative, this rank);
@@ -28,6 +30,7 @@ from typing import Any, Sequence
 
 import torch
 
+from verl_commeff.codec.basis import conditioning
 from verl_commeff.ledger import path_metrics
 
 __all__ = ["CodecTelemetry"]
@@ -55,6 +58,7 @@ class CodecTelemetry:
         self.q_bcast_sent = 0
         # Current / cumulative.
         self.q_cond = torch.ones(num_boundaries, dtype=TELEMETRY_DTYPE, device=device)  # (B,)
+        self._q_pending: torch.Tensor | None = None  # (B, H, r) live Q whose q_cond is not computed yet
         self.q_updates = 0
         self.activations = 0
 
@@ -83,14 +87,22 @@ class CodecTelemetry:
         """A refresh broadcast ``num_bytes`` of new bases."""
         self.q_bcast_sent += num_bytes
 
-    def record_q_update(self, q_cond: torch.Tensor) -> None:
-        """A staged basis went live; ``q_cond`` is its (B,) conditioning."""
+    def record_q_update(self, live: torch.Tensor) -> None:
+        """A staged basis went live: ``live`` (B, H, r), kept by reference; its conditioning is
+        computed at the next :meth:`metrics` (the SVD's status check would sync here)."""
         self.q_updates += 1
-        self.q_cond = q_cond.to(device=self.q_cond.device, dtype=TELEMETRY_DTYPE)
+        self._q_pending = live
+
+    def _settle_q_cond(self) -> None:
+        """Compute the conditioning of the basis that went live last (if not yet done)."""
+        if self._q_pending is not None:
+            self.q_cond = conditioning(self._q_pending).to(device=self.q_cond.device, dtype=TELEMETRY_DTYPE)
+            self._q_pending = None
 
     # ---- once per step ---------------------------------------------------------------------
     def metrics(self) -> dict[str, float]:
         """The flat ``commeff/`` dict for this step (one device→host read); resets the per-step parts."""
+        self._settle_q_cond()
         values = torch.cat([self.recon_err_sum, self.q_cond]).tolist()  # the one host sync
         num_boundaries = len(self.layers)
         out: dict[str, float] = {}
@@ -113,6 +125,7 @@ class CodecTelemetry:
     # ---- checkpointing ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything, per-step parts included (tensors cloned)."""
+        self._settle_q_cond()
         return {
             "recon_err_sum": self.recon_err_sum.clone(),
             "recon_count": list(self.recon_count),
@@ -134,6 +147,7 @@ class CodecTelemetry:
         device = self.recon_err_sum.device
         self.recon_err_sum = state["recon_err_sum"].to(device=device, dtype=TELEMETRY_DTYPE).clone()
         self.q_cond = state["q_cond"].to(device=device, dtype=TELEMETRY_DTYPE).clone()
+        self._q_pending = None
         self.recon_count = [int(c) for c in state["recon_count"]]
         self.codec_sent = int(state["codec_sent"])
         self.codec_dense = int(state["codec_dense"])

@@ -48,9 +48,8 @@ from verl_commeff.mergers.stats import (
     LocalHeld,
     global_stats,
     held_sq_norm,
-    positive_masks,
 )
-from verl_commeff.mergers.kernels import MergerKernels
+from verl_commeff.mergers.kernels import HeldMasks, MergerKernels
 
 if TYPE_CHECKING:
     from verl_commeff.config import MergerConfig
@@ -128,7 +127,7 @@ class Merger:
         self.produced_tick: Optional[int] = None
         self.source_tick: Optional[int] = None
         self._held_checked = False  # layout checked against the grads since the last hold()
-        self._positive: Optional[list[torch.Tensor]] = None  # per target: uint8 sign(M̄) = +, made once per hold
+        self._masks: Optional[HeldMasks] = None  # sign(M̄) in the kernels' form (packed bits or uint8), once per hold
         self._held_sq: Optional[torch.Tensor] = None  # dense M̄: Σ‖M̄_i‖² of the local tensors, made once per hold
         self.kernels = MergerKernels(cfg.kernels)  # the per-tensor passes of a tick
         # Counters (host ints: known without reading the device).
@@ -199,7 +198,7 @@ class Merger:
         self.produced_tick = produced_tick
         self.source_tick = source_tick
         self._held_checked = False
-        self._positive = None
+        self._masks = None
         self._held_sq = None
 
     def _local_held(self) -> LocalHeld:
@@ -217,15 +216,15 @@ class Merger:
         """(λ_t, c̄) for a warm tick (default: :class:`DoseControl`); ``valid``: 0-d bool, finite inputs."""
         return self.dose_control.dose(c_t, age, valid)
 
-    def _merge_(self, g_local: Sequence[torch.Tensor], positive: Sequence[torch.Tensor], lam: torch.Tensor) -> None:
+    def _merge_(self, g_local: Sequence[torch.Tensor], masks: HeldMasks, lam: torch.Tensor) -> None:
         """G ← G + λ_t·δ_t in place on every local tensor (λ_t = 0 on an invalid tick: G must stay as it is).
 
         Args:
             g_local: the local gradient tensors.
-            positive: per tensor, the uint8 mask sign(M̄_i) = +, shaped like it.
+            masks: sign(M̄) in the kernels' form (:meth:`MergerKernels.hold_masks`).
             lam: 0-d fp64 λ_t on the gradients' device.
 
-        An implementation should use :attr:`kernels` (one fused pass per tensor).
+        An implementation should use :attr:`kernels` (one fused pass over the tensors).
         """
         raise NotImplementedError
 
@@ -295,15 +294,15 @@ class Merger:
                 check_held_layout([m.shape for m in held], [m.device for m in held], g_local)
             self._held_checked = True
         dense = not isinstance(held, PackedSigns)
-        if self._positive is None:
-            self._positive = positive_masks(held)  # per target (shape) uint8
+        if self._masks is None:
+            self._masks = self.kernels.hold_masks(held)  # per target: packed bits or a (shape) uint8 mask
             self._held_sq = held_sq_norm(held) if dense else None  # 0-d fp64
         self.last_tick = tick
         zero = torch.zeros((), dtype=STAT_DTYPE, device=g_local[0].device)
 
         # Step 4: partial sums, one all-reduce.
         reduce, group = reduce_group(grads, self.process_group)
-        stats = global_stats(g_local, self._positive, held if dense else None, reduce, group,
+        stats = global_stats(g_local, self._masks, held if dense else None, reduce, group,
                              self.kernels, held_sq=self._held_sq)  # (N_STATS,)
 
         # Step 5: c_t and λ_t.
@@ -318,7 +317,7 @@ class Merger:
 
         # Step 6: merge in place (λ_t = 0 on an invalid tick leaves G exactly as it is).
         if self.merges:
-            self._merge_(g_local, self._positive, lam)
+            self._merge_(g_local, self._masks, lam)
 
         # Step 7: telemetry and the cross-rank check.
         self.merged_ticks += 1
@@ -405,7 +404,8 @@ class Merger:
         bad_repl = differs[:, _R_REPL].any()
         held_rows = rows[:, _R_FP:_R_REPL]  # (world, N_FP)
         if self._held_fp is not None:
-            anchor = self._held_fp.to(device=device, dtype=STAT_DTYPE)  # (anchor world, N_FP)
+            # (anchor world, N_FP): a non-blocking copy (a blocking one waits for the device: a host sync)
+            anchor = self._held_fp.to(dtype=STAT_DTYPE).to(device, non_blocking=True)
             if anchor.shape[0] != world:
                 bad_ranks = torch.ones(world, dtype=torch.bool, device=device)
             else:
@@ -420,6 +420,17 @@ class Merger:
         self._bad_ranks = bad_ranks if self._bad_ranks is None else self._bad_ranks | bad_ranks
         self._check_rows = rows
         self._step_checks += 1
+
+    # ------------------------------------------------------------------ memory
+    def buffers(self) -> dict[str, list[torch.Tensor]]:
+        """The device buffers this merger holds now, by name (for the memory table of
+        ``benchmarks/bench_gpu_tick.py``; the same storage may appear under two names)."""
+        held = [] if self._held is None else self._held_tensors()
+        return {
+            "held_m_bar": held,  # M̄'s local tensors, or its packed sign bits
+            "held_masks": [] if self._masks is None else list(self._masks.tensors),
+            "scratch": self.kernels.scratch_buffers(),
+        }
 
     # ------------------------------------------------------------------ telemetry
     def _reset_step(self) -> None:

@@ -41,6 +41,10 @@ class Scratch:
             buf = self._buffers[key] = torch.empty(like.numel(), dtype=dtype, device=like.device)  # (numel,)
         return buf[: like.numel()].view(like.shape)
 
+    def buffers(self) -> list[torch.Tensor]:
+        """The flat buffers held now (for memory accounting)."""
+        return list(self._buffers.values())
+
     def clear(self) -> None:
         """Drop every buffer (they are re-made on the next :meth:`take`)."""
         self._buffers.clear()

@@ -17,8 +17,8 @@ bit packing of any bool mask (:func:`pack_bool` / :func:`unpack_bool`) also carr
 changed-element masks of delta-encoded weight snapshots (:mod:`verl_commeff.anchor.snapshot_delta`).
 
 The merger unpacks a held :class:`PackedSigns` once per hold
-(:func:`verl_commeff.mergers.stats.positive_masks`, 1 byte per coordinate while held), not
-on every tick.
+(:meth:`verl_commeff.mergers.kernels.MergerKernels.hold_masks`; the Triton kernels read
+the bits as they are), not on every tick.
 """
 
 from __future__ import annotations

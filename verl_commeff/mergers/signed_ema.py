@@ -11,8 +11,7 @@ Because |G|·sign(M̄) − G is 0 where sign(G) = sign(M̄) and −2G where they
     δ_t = −2(1 − α)·G on sign-mismatched coordinates, 0 elsewhere,
 
 so ‖δ_t‖² = 4(1 − α)²·Σ_{mismatch} G², a statistic the base class already reduces, and
-the merge is G ← G·(1 − 2λ_t(1 − α)) on mismatched coordinates (one fused pass per
-tensor, :meth:`~verl_commeff.mergers.kernels.MergerKernels.scale_mismatched_`).
+the merge is G ← G·(1 − 2λ_t(1 − α)) on mismatched coordinates (one fused pass, :meth:`~verl_commeff.mergers.kernels.MergerKernels.scale_mismatched_`).
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from typing import Sequence
 import torch
 
 from verl_commeff.mergers.base import Merger
+from verl_commeff.mergers.kernels import HeldMasks
 from verl_commeff.mergers.stats import MISMATCH_G_SQ
 from verl_commeff.mergers.registry import register_merger
 
@@ -45,7 +45,7 @@ class SignedEMAMerger(Merger):
         """‖δ_t‖² = 4(1 − α)²·Σ_{mismatch} G²."""
         return (2.0 * (1.0 - self.alpha)) ** 2 * stats[MISMATCH_G_SQ]
 
-    def _merge_(self, g_local: Sequence[torch.Tensor], positive: Sequence[torch.Tensor], lam: torch.Tensor) -> None:
-        """G ← G − 2λ_t(1 − α)·G on mismatched coordinates (= G + λ_t·δ_t), one fused pass per tensor."""
+    def _merge_(self, g_local: Sequence[torch.Tensor], masks: HeldMasks, lam: torch.Tensor) -> None:
+        """G ← G − 2λ_t(1 − α)·G on mismatched coordinates (= G + λ_t·δ_t), one fused pass."""
         coef = (lam * (2.0 * (1.0 - self.alpha))).to(torch.float32)  # 0-d on the gradients' device
-        self.kernels.scale_mismatched_(g_local, positive, coef)
+        self.kernels.scale_mismatched_(g_local, masks, coef)

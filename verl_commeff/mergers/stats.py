@@ -15,8 +15,9 @@ all-reduce makes them global (and bit-identical on every rank, hence λ_t too):
 sign(x) = +1 if x ≥ 0 else −1 for G and M̄ alike (see ``sign_bits``). Per-tensor sums
 accumulate in fp32, the cross-tensor and cross-rank sums in fp64.
 
-Cost per tick (issue 11): the masks sign(M̄) = + are made once per held M̄
-(:func:`positive_masks`), and each tensor's three sums come from one fused pass over G
+Cost per tick (issues 11, 20): sign(M̄) is put in the form the kernels read once per held
+M̄ (:meth:`~verl_commeff.mergers.kernels.MergerKernels.hold_masks`: packed bits for the
+Triton kernels, uint8 masks otherwise), and the three sums come from one fused pass over G
 and its mask (:mod:`~verl_commeff.mergers.kernels`), so a tick allocates nothing the size
 of the gradients.
 """
@@ -30,29 +31,16 @@ import torch.distributed as dist
 
 from verl_commeff.collectives import all_reduce_
 from verl_commeff.mergers.dose import STAT_DTYPE
-from verl_commeff.mergers.kernels import MergerKernels
-from verl_commeff.mergers.sign_bits import PackedSigns, sign_mask
+from verl_commeff.mergers.kernels import HeldMasks, MergerKernels
+from verl_commeff.mergers.sign_bits import PackedSigns
 
 __all__ = ["G_SQ", "GM_DOT", "MISMATCH_COUNT", "MISMATCH_G_SQ", "M_SQ", "NUMEL", "N_STATS", "global_stats",
-           "held_sq_norm", "positive_masks"]
+           "held_sq_norm"]
 
 G_SQ, MISMATCH_G_SQ, MISMATCH_COUNT, NUMEL, GM_DOT, M_SQ = range(6)
 N_STATS = 6
 
 LocalHeld = Union[Sequence[torch.Tensor], PackedSigns]  # local M̄ tensors or their packed signs
-
-
-def positive_masks(held: LocalHeld) -> list[torch.Tensor]:
-    """One uint8 tensor per M̄_i, shaped like it: 1 where sign(M̄_i) = + (M̄_i ≥ 0), else 0.
-
-    The merger computes these once per held M̄ (sign bits unpacked once, dense M̄ compared
-    once) and reuses them every tick until the next hold: one byte per coordinate. uint8
-    rather than bool because torch's CPU kernels vectorise uint8 arithmetic; fresh tensors
-    (not views), so the compiled kernels' guards see no base tensor.
-    """
-    if isinstance(held, PackedSigns):
-        return [sign_mask(bits, shape).to(torch.uint8) for bits, shape in zip(held.bits, held.shapes)]
-    return [(m >= 0).to(torch.uint8) for m in held]
 
 
 def held_sq_norm(dense_held: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -71,7 +59,7 @@ def _fp32_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def global_stats(
     g_local: Sequence[torch.Tensor],
-    positive: Sequence[torch.Tensor],
+    masks: HeldMasks,
     dense_held: Optional[Sequence[torch.Tensor]],
     reduce: bool,
     group: Optional[dist.ProcessGroup] = None,
@@ -81,27 +69,26 @@ def global_stats(
     """The tick's global statistics (see the module doc), a (N_STATS,) fp64 device tensor.
 
     Steps:
-        1. Per tensor, one pass of the fused kernel (:meth:`MergerKernels.tensor_stats`):
-           ‖G_i‖², Σ G_i² over sign-mismatched coordinates and their count (fp32).
+        1. One pass of the fused kernels over every tensor (:meth:`MergerKernels.stats`):
+           Σ‖G_i‖², Σ G_i² over sign-mismatched coordinates and their count.
         2. With dense M̄ also ⟨G_i, M̄_i⟩, and ‖M̄‖² (``held_sq``, or :func:`held_sq_norm`).
         3. Sum across tensors in fp64 into one (N_STATS,) vector; if ``reduce``, all-reduce
            it (SUM) once over ``group``.
 
     Args:
         g_local: the local gradient tensors, T of them.
-        positive: per tensor, the uint8 mask sign(M̄_i) = + (:func:`positive_masks`).
+        masks: sign(M̄) in the kernels' form (:meth:`MergerKernels.hold_masks`).
         dense_held: the local M̄ tensors when held dense (for ⟨G, M̄⟩ and ‖M̄‖²), None
             for sign bits.
         reduce: whether the tensors are shards whose sums must be all-reduced.
         group: the shard group (None: the default group).
-        kernels: the per-tensor kernels (default: eager ones).
+        kernels: the kernels that made ``masks`` (default: eager ones).
         held_sq: :func:`held_sq_norm` of ``dense_held`` when the caller keeps it (None: computed here).
     """
     kernels = MergerKernels("eager") if kernels is None else kernels
     device = g_local[0].device
     # Step 1: the fused per-tensor sums.
-    per_tensor = kernels.tensor_stats(g_local, positive)  # (T, 3) fp32
-    g_sq, mis_sq, mis_count = per_tensor.to(STAT_DTYPE).sum(dim=0).unbind()
+    g_sq, mis_sq, mis_count = kernels.stats(g_local, masks).to(STAT_DTYPE).unbind()
     # Step 2: the dense-only sums.
     zero = torch.zeros((), dtype=STAT_DTYPE, device=device)
     gm_dot, m_sq = zero, zero

@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AnchorFailure", "AnchorResult", "CommEffActorState", "PendingResult", "ReadyResult", "select_targets"]
+__all__ = ["AnchorFailure", "AnchorResult", "CommEffActorState", "PendingResult", "ReadyResult", "buffer_bytes",
+           "select_targets"]
 
 
 class AnchorFailure(RuntimeError):
@@ -141,6 +142,35 @@ class AnchorResult:
         from verl_commeff.ledger import payload_bytes
 
         return payload_bytes(self.sketch)
+
+
+def _result_tensors(result: AnchorResult) -> list[torch.Tensor]:
+    """The device tensors an anchor result carries (M̄ or its bits, the sketch)."""
+    from verl_commeff.mergers.sign_bits import PackedSigns
+
+    tensors = [] if result.m_bar is None else list(
+        result.m_bar.bits if isinstance(result.m_bar, PackedSigns) else result.m_bar)
+    return tensors + ([] if result.sketch is None else [result.sketch])
+
+
+def buffer_bytes(buffers: dict[str, list[torch.Tensor]]) -> dict[str, int]:
+    """Bytes of each named buffer list, each storage counted once (under the first name holding it).
+
+    The Triton kernels read the held sign bits as they came, so ``merger/held_masks`` and
+    ``merger/held_m_bar`` share storage there: counted once.
+    """
+    seen: set[tuple[torch.device, int]] = set()
+    out = {}
+    for name, tensors in buffers.items():
+        total = 0
+        for t in tensors:
+            storage = t.untyped_storage()
+            key = (t.device, storage.data_ptr())
+            if key not in seen and storage.nbytes() > 0:
+                seen.add(key)
+                total += storage.nbytes()
+        out[name] = total
+    return out
 
 
 class PendingResult(Protocol):
@@ -480,6 +510,20 @@ class CommEffActorState:
         newest = self.codec.staged_basis if self.codec.staged_basis is not None else self.codec.live_basis
         gap = (newest.sum(dim=(1, 2)) - result.q_fingerprint.to(newest.device)).abs().max()  # ()
         self._q_gap = gap if self._q_gap is None else torch.maximum(self._q_gap, gap)
+
+    # ---- memory ------------------------------------------------------------------------
+    def buffers(self) -> dict[str, list[torch.Tensor]]:
+        """Every comm-eff buffer this rank holds now, by ``component/name`` (the model, its
+        gradients and the optimizer are verl's, not listed). Sizes: :func:`buffer_bytes`."""
+        out = {f"merger/{k}": v for k, v in self.merger.buffers().items()}
+        if self.codec is not None:
+            out.update({f"codec/{k}": v for k, v in self.codec.buffers().items()})
+        if self.dp_codec is not None:
+            out["dp_codec/error_feedback"] = list(self.dp_codec.error_dict.values())
+            out["dp_codec/q_memory"] = list(self.dp_codec.q_memory_dict.values())
+        ready = [r for r in self._ready.values() if isinstance(r, AnchorResult)]
+        out["anchor/ready_results"] = [t for r in ready for t in _result_tensors(r)]
+        return out
 
     # ---- telemetry ---------------------------------------------------------------------
     def record_snapshot(self, snapshot: Any) -> int:
