@@ -316,7 +316,16 @@ def profile_ticks(runs: list, model, optimizer, batches, device, top: int = 12) 
             if ms > 0:
                 rows.append((e.key, e.count, ms))
         rows.sort(key=lambda r: -r[2])
-        out[v.name] = {"total_ms": sum(r[2] for r in rows), "top": rows[:top]}
+        out[v.name] = {"total_ms": sum(r[2] for r in rows), "top": rows[:top], "all": rows}
+    if "stock" in out:  # what each variant adds: the ops whose device time or count differ most from stock
+        base = {key: (count, ms) for key, count, ms in out["stock"]["all"]}
+        for name, p in out.items():
+            if name != "stock":
+                diff = [(key, count - base.get(key, (0, 0.0))[0], ms - base.get(key, (0, 0.0))[1])
+                        for key, count, ms in p["all"]]
+                p["vs_stock"] = sorted(diff, key=lambda r: -abs(r[2]))[:top]
+    for p in out.values():
+        del p["all"]
     return out
 
 
@@ -457,9 +466,10 @@ def print_report(r: dict) -> None:
     if "buffers" in r:
         print("\ncomm-eff buffers per rank (MiB): " + ", ".join(f"{k} {v / 2**20:.3f}" for k, v in r["buffers"].items()))
     for name, p in r.get("profile", {}).items():
-        print(f"\nprofile of one step (2 ticks), {name}: {p['total_ms']:.1f} ms of kernels; top by self device time:")
-        for key, count, ms in p["top"]:
-            print(f"  {ms:9.2f} ms  {count:6d}x  {key[:90]}")
+        print(f"\nprofile of one step (2 ticks), {name}: {p['total_ms']:.1f} ms of device time"
+              + ("; ops differing most from stock (ms, calls):" if "vs_stock" in p else "; top ops:"))
+        for key, count, ms in p.get("vs_stock", p["top"]):
+            print(f"  {ms:+9.2f} ms  {count:+6d}x  {key[:90]}")
     if "dp_codec" in r:
         print("\nDP codec, one replica: " + ", ".join(
             f"{k} {v['exchange_ms']:.1f} ms" + (f" ({v['ratio_to_stock_tick']:.3f} of a stock tick)"

@@ -47,9 +47,11 @@ def test_tiny_mode_runs_with_torch_alone(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: set_sync_debug_mode is the check there")
 @pytest.mark.parametrize("kernels", ["triton", "compiled", "eager"])
 def test_cuda_comm_eff_tick_has_no_host_sync_outside_metrics(kernels):
-    """Every tick of 3 steps (a fire with sign bits and a Q sketch, a cross-rank check, a staged Q
-    going live) at sizes above the compiled kernels' threshold: the plugin's own calls run under
-    ``set_sync_debug_mode("error")``; over whole ticks no sync comes from verl_commeff's code."""
+    """Every tick of 4 steps (the fire at tick 5 with sign bits and a Q sketch, a cross-rank check at
+    tick 5, the staged Q going live before tick 7) at sizes above the compiled kernels' threshold:
+    the plugin's own calls run under ``set_sync_debug_mode("error")``; over whole ticks (ticks 5-8,
+    the model's forward and backward with the codec's hooks included) no sync comes from
+    verl_commeff's code."""
     bench = _bench_module()
     device = torch.device("cuda")
     shape = dict(bench.TINY, hidden_size=128, intermediate_size=256)  # every target ≥ 8192 coordinates
@@ -59,7 +61,7 @@ def test_cuda_comm_eff_tick_has_no_host_sync_outside_metrics(kernels):
     state = variant.state
     assert min(p.numel() for _, p in state.targets) > 4097
     gen = torch.Generator(device=device).manual_seed(0)
-    batches = [torch.randint(0, shape["vocab_size"], (2, 32), device=device, generator=gen) for _ in range(6)]
+    batches = [torch.randint(0, shape["vocab_size"], (2, 32), device=device, generator=gen) for _ in range(8)]
     # The plugin's calls of a tick, strictly: wrap them so each runs in "error" mode.
     for name in ("begin_tick", "before_optimizer_step", "at_step_boundary"):
         real = getattr(state, name)

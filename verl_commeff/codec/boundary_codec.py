@@ -250,19 +250,24 @@ class BoundaryCodec:
         if hidden.device != self.device:
             self.to(hidden.device)
 
-        if self._boundary_forward_id[b] == self._forward_id:
-            project = self._boundary_projected[b]  # recomputation: same decision, nothing recorded
+        recomputation = self._boundary_forward_id[b] == self._forward_id
+        if recomputation:
+            project = self._boundary_projected[b]  # same decision, nothing recorded
         else:
             self._boundary_forward_id[b] = self._forward_id
             project = self._pass in PROJECTED_PASSES
             self._boundary_projected[b] = project
+        # The projection's coefficients h·Q; in fp32 they are also the telemetry's (one matmul, not two).
+        coeffs = self._coefficients(b, hidden) if project else None  # (..., r)
+        if not recomputation:
             observe = self._pass is not None and self._pass == OBSERVING_PASS[self.q_source]
             if project or observe:
-                self._measure(b, hidden, project=project, observe=observe)
+                shared = coeffs.detach() if coeffs is not None and coeffs.dtype == BASIS_DTYPE else None
+                self._measure(b, hidden, project=project, observe=observe, live_coeffs=shared)
         if not project:
             return None
 
-        projected = self._project(b, hidden)
+        projected = self._project(b, coeffs)
         if projected.requires_grad:
             tokens = hidden.numel() // self.hidden_size
             projected.register_hook(functools.partial(self._count_backward_wire, tokens))
@@ -270,23 +275,33 @@ class BoundaryCodec:
             return projected
         return (projected, *output[1:]) if isinstance(output, tuple) else [projected, *output[1:]]
 
-    def _project(self, b: int, hidden: torch.Tensor) -> torch.Tensor:
-        """ĥ = (h·Q)·Qᵀ in h's dtype; differentiable in h only."""
+    def _coefficients(self, b: int, hidden: torch.Tensor) -> torch.Tensor:
+        """h·Q in h's dtype, (..., r); differentiable in h only."""
         with _autocast_off(hidden.device):
-            basis = self._basis_as(hidden.dtype)[b]  # (H, r)
-            return (hidden @ basis) @ basis.transpose(0, 1)  # (..., H)
+            return hidden @ self._basis_as(hidden.dtype)[b]  # (..., r)
 
-    def _measure(self, b: int, hidden: torch.Tensor, project: bool, observe: bool) -> None:
-        """Telemetry of a real projected forward and/or sketch accumulation, in fp32, no host sync."""
+    def _project(self, b: int, coeffs: torch.Tensor) -> torch.Tensor:
+        """ĥ = (h·Q)·Qᵀ from the coefficients h·Q, in their dtype; differentiable in h only."""
+        with _autocast_off(coeffs.device):
+            return coeffs @ self._basis_as(coeffs.dtype)[b].transpose(0, 1)  # (..., H)
+
+    def _measure(self, b: int, hidden: torch.Tensor, project: bool, observe: bool,
+                 live_coeffs: Optional[torch.Tensor] = None) -> None:
+        """Telemetry of a real projected forward and/or sketch accumulation, in fp32, no host sync.
+
+        ``live_coeffs``: h·Q_live already computed in fp32 by the projection (reused), or None.
+        """
         with torch.no_grad(), _autocast_off(hidden.device):
             activations = hidden.detach().reshape(-1, self.hidden_size).to(BASIS_DTYPE)  # (tokens, H)
             tokens = activations.shape[0]
-            live_coeffs = None
+            if live_coeffs is not None:
+                live_coeffs = live_coeffs.reshape(-1, self.rank)  # (tokens, r)
             if project:
-                # ‖h − hQQᵀ‖² = ‖h‖² − ‖hQ‖² for orthonormal Q.
-                live_coeffs = activations @ self._live[b]  # (tokens, r)
-                total_sq = activations.pow(2).sum()
-                kept_sq = live_coeffs.pow(2).sum()
+                # ‖h − hQQᵀ‖² = ‖h‖² − ‖hQ‖² for orthonormal Q (squared norms without a temporary).
+                if live_coeffs is None:
+                    live_coeffs = activations @ self._live[b]  # (tokens, r)
+                total_sq = torch.linalg.vector_norm(activations).square()
+                kept_sq = torch.linalg.vector_norm(live_coeffs).square()
                 err = ((total_sq - kept_sq).clamp_min(0) / total_sq.clamp_min(torch.finfo(BASIS_DTYPE).tiny)).sqrt()
                 self.telemetry.record_recon_err(b, err)
                 self.telemetry.record_wire(tokens, self.rank, self.hidden_size, hidden.element_size())
