@@ -34,7 +34,7 @@ ratios to the stock step's median from the same run:
   machine the anchor's forward and backward share the cores with the actor's tick.
 
 Usage: ``python benchmarks/bench_anchor_midsize.py [--layers 4] [--ticks 10] [--transport sign] [--tokens 128]
-[--snapshot-dtype auto|fp32|bf16] [--kernels compiled|eager] [--cadence 5] [--ray]``
+[--snapshot-dtype auto|fp32|bf16] [--kernels auto|compiled|eager] [--cadence 5] [--ray]``
 """
 
 from __future__ import annotations
@@ -153,8 +153,8 @@ def main(argv=None) -> None:
     parser.add_argument("--tokens", type=int, default=128, help="tokens per sequence, 4 sequences (default 128)")
     parser.add_argument("--snapshot-dtype", choices=("auto", "fp32", "bf16"), default="auto",
                         help="commeff.anchor.snapshot_dtype (auto: the actor's FSDP param_dtype)")
-    parser.add_argument("--kernels", choices=("compiled", "eager"), default="compiled",
-                        help="commeff.merger.kernels (default compiled)")
+    parser.add_argument("--kernels", choices=("auto", "compiled", "eager"), default="auto",
+                        help="commeff.merger.kernels (default auto: compiled on this CPU)")
     parser.add_argument("--ray", action="store_true",
                         help="also measure the actor's wait for a separately placed anchor group under Ray")
     parser.add_argument("--cadence", type=int, default=5,
