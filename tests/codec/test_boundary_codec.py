@@ -207,7 +207,8 @@ def test_metrics_values_and_per_step_reset():
     metrics = codec.metrics()
     assert set(metrics) == {
         "commeff/codec/recon_err/layer_1", "commeff/codec/q_cond/layer_1", "commeff/codec/q_updates",
-        "commeff/codec/activations", "commeff/bytes/codec/sent", "commeff/bytes/codec/dense_equiv",
+        "commeff/codec/activations", "commeff/codec/skipped_observations", "commeff/codec/skipped_refreshes",
+        "commeff/bytes/codec/sent", "commeff/bytes/codec/dense_equiv",
         "commeff/bytes/codec/ratio", "commeff/bytes/q_bcast/sent", "commeff/bytes/q_bcast/dense_equiv",
     }
     assert metrics["commeff/codec/recon_err/layer_1"] == pytest.approx(sum(errs) / 2, rel=1e-4)
@@ -223,6 +224,76 @@ def test_metrics_values_and_per_step_reset():
     assert "commeff/codec/recon_err/layer_1" not in again
     assert again["commeff/bytes/codec/sent"] == again["commeff/bytes/codec/dense_equiv"] == 0
     assert again["commeff/bytes/q_bcast/sent"] == 0 and again["commeff/codec/activations"] == 24
+
+
+class _PoisonOnce:
+    """A forward hook on a layer that replaces its output with ``value`` on its ``at``-th call (1-based)."""
+
+    def __init__(self, layer: nn.Module, value: float, at: int):
+        self.calls, self.value, self.at = 0, value, at
+        self.handle = layer.register_forward_hook(self._hook, prepend=True)
+
+    def _hook(self, module, args, output):
+        self.calls += 1
+        if self.calls != self.at:
+            return None
+        hidden = output if isinstance(output, torch.Tensor) else output[0]
+        bad = torch.full_like(hidden, self.value)
+        return bad if isinstance(output, torch.Tensor) else (bad, *output[1:])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_train_forward_is_left_out_of_the_sketch(value):
+    """q_source=fast, a refresh every other tick over 6 ticks: at tick 3 the first decoder layer's output
+    is non-finite (so is every boundary's). That forward's contributions are skipped and counted, and
+    from then on the codec is bit for bit the codec of a run that never ran tick 3's forward: same Q
+    after every refresh, same projected outputs, all finite. (Before: orth(NaN) made Q NaN for good.)"""
+    cfg = codec_config(rank=8, pp_size=3, q_source="fast")
+    runs = {}
+    for name in ("poisoned", "clean"):
+        model = tiny_qwen2(num_layers=4)
+        codec = BoundaryCodec(cfg, HIDDEN, 4).install(model)
+        if name == "poisoned":
+            _PoisonOnce(model.model.layers[0], value, at=3)
+        bases, logits = [], []
+        for tick in range(1, 7):
+            if name == "poisoned" or tick != 3:  # the clean run never saw tick 3
+                _run(model, token_batch(seed=tick), codec, "train", backward=True)
+            if tick % 2 == 0:
+                codec.refresh()
+                codec.activate_staged()
+                bases.append(codec.live_basis.clone())
+            if tick >= 4:  # the ticks after the bad one: the projection the actor trains through
+                logits.append(_run(model, token_batch(seed=10 + tick), codec, "old_log_prob")[0])
+        runs[name] = bases, logits, codec.metrics()
+    (bases, logits, metrics), (clean_bases, clean_logits, clean_metrics) = runs["poisoned"], runs["clean"]
+    assert all(torch.isfinite(q).all() for q in bases) and all(torch.isfinite(x).all() for x in logits)
+    assert all(torch.equal(a, b) for a, b in zip(bases, clean_bases))
+    assert all(torch.equal(a, b) for a, b in zip(logits, clean_logits))
+    assert metrics["commeff/codec/skipped_observations"] == 2  # one forward at both boundaries
+    assert clean_metrics["commeff/codec/skipped_observations"] == 0
+    assert metrics["commeff/codec/skipped_refreshes"] == clean_metrics["commeff/codec/skipped_refreshes"] == 0
+
+
+def test_a_refresh_from_a_non_finite_sketch_keeps_the_newest_q():
+    """A sketch from elsewhere (the anchor's, q_source=anchor) with an Inf at boundary 1: that boundary keeps
+    its newest Q (the staged one when one waits), the other is refreshed; counted per boundary."""
+    codec = BoundaryCodec(codec_config(rank=8, pp_size=3, q_source="anchor"), HIDDEN, 4)
+    live = codec.live_basis.clone()
+    gen = torch.Generator().manual_seed(0)
+    good = torch.randn(2, HIDDEN, 8, generator=gen)
+    first = codec.refresh(good, reduce=False).clone()  # staged, not live
+    bad = torch.randn(2, HIDDEN, 8, generator=gen)
+    bad[1, 3, 2] = float("inf")
+    second = codec.refresh(bad, reduce=False)
+    assert torch.isfinite(second).all()
+    assert torch.equal(second[1], first[1])  # the newest Q of boundary 1: the staged one
+    assert not torch.equal(second[0], first[0])  # boundary 0 was refreshed
+    codec.activate_staged()
+    nan = torch.full((2, HIDDEN, 8), float("nan"))
+    third = codec.refresh(nan, reduce=False)
+    assert torch.equal(third, codec.live_basis) and not torch.equal(third, live)  # nothing staged: the live Q
+    assert codec.metrics()["commeff/codec/skipped_refreshes"] == 3
 
 
 def test_state_dict_round_trip_gives_identical_subsequent_behaviour():

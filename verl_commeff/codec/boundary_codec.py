@@ -27,7 +27,8 @@ Q's life cycle, one warm-started block power-iteration step per refresh:
 1. observe: every REAL forward of the observing pass adds Aᵀ(A·Q) to V in fp32, once
    (gradient-checkpoint recomputation of a layer is recognised and not counted); Q is the
    newest iterate: the staged Q while one waits for the step boundary, else the live Q, so
-   every V is (Σ AᵀA)·Q for a single Q;
+   every V is (Σ AᵀA)·Q for a single Q. A forward whose Aᵀ(A·Q) at a boundary is not finite
+   adds nothing there (decided on the device; ``commeff/codec/skipped_observations``);
 2. :meth:`BoundaryCodec.refresh`: sum V across the data-parallel group (one all-reduce of
    the stacked (B, H, r) tensor), Q_new = orth(V), stage Q_new; the live Q is untouched;
 3. :meth:`BoundaryCodec.activate_staged`, at a step boundary before the next old-log-prob
@@ -312,9 +313,14 @@ class BoundaryCodec:
                     coeffs = activations @ self._staged[b]  # (tokens, r)
                 else:
                     coeffs = live_coeffs if live_coeffs is not None else activations @ self._live[b]  # (tokens, r)
-                self._sketch[b].addmm_(activations.transpose(0, 1), coeffs)
+                # A non-finite contribution (an Inf/NaN activation, or an overflow) is skipped on the
+                # device, without a host read, and counted: one bad forward must not poison V, and
+                # through orth(V) every later Q.
+                contribution = activations.transpose(0, 1) @ coeffs  # (H, r)
+                finite = torch.isfinite(contribution).all()  # () bool
+                self._sketch[b].add_(torch.where(finite, contribution, 0.0))
                 self._observed[b] += tokens
-                self.telemetry.record_observed(tokens)
+                self.telemetry.record_observed(tokens, skipped=~finite)
 
     def _count_backward_wire(self, tokens: int, grad: torch.Tensor) -> None:
         self.telemetry.record_wire(tokens, self.rank, self.hidden_size, grad.element_size())
@@ -339,6 +345,9 @@ class BoundaryCodec:
         1. Sum V across the data-parallel group: one all-reduce of the stacked (B, H, r)
            tensor (skipped when ``reduce`` is False).
         2. Q_new = orth(V) (:func:`~verl_commeff.codec.basis.power_step`), batched over boundaries.
+           A boundary whose Q_new is not finite (V overflowed, or a sketch from elsewhere held
+           an Inf/NaN) keeps its newest Q (the staged one, else the live one), decided on the
+           device and counted (``commeff/codec/skipped_refreshes``).
         3. Stage Q_new; it goes live at :meth:`activate_staged`. Counts H × r × 4 bytes per
            boundary of Q broadcast.
 
@@ -365,8 +374,12 @@ class BoundaryCodec:
         if reduce:
             all_reduce_(sketch, self.process_group)
 
-        # Step 2: Q_new = orth(V).
+        # Step 2: Q_new = orth(V); a boundary whose Q_new is not finite keeps its newest Q.
         staged = power_step(sketch)  # (B, H, r)
+        finite = torch.isfinite(staged).flatten(1).all(dim=1)  # (B,) bool
+        newest = self._staged if self._staged is not None else self._live  # (B, H, r)
+        staged = torch.where(finite[:, None, None], staged, newest)  # (B, H, r)
+        self.telemetry.record_refresh(skipped=~finite)
 
         # Step 3: stage it.
         self._staged = staged

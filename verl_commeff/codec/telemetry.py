@@ -12,8 +12,12 @@ Metric names (``l`` is the 0-based index of a boundary layer):
   ‖h − hQQᵀ‖/‖h‖ (omitted when the step had none);
 - ``commeff/codec/q_cond/layer_{l}``: σ_max/σ_min of the live Q (computed at the step's metrics read);
 - ``commeff/codec/q_updates``: staged bases made live so far (cumulative);
-- ``commeff/codec/activations``: activation rows (token vectors) folded into the sketch so
-  far, summed over boundaries (cumulative, this rank);
+- ``commeff/codec/activations``: activation rows (token vectors) observed for the sketch so
+  far, summed over boundaries (cumulative, this rank; skipped observations included);
+- ``commeff/codec/skipped_observations``: (forward, boundary) sketch contributions left out
+  because they were not finite (cumulative, this rank);
+- ``commeff/codec/skipped_refreshes``: (refresh, boundary) pairs whose orth(V) was not finite,
+  so the boundary kept its newest Q (cumulative, this rank);
 - ``commeff/bytes/codec/sent`` / ``commeff/bytes/codec/dense_equiv`` (and ``.../ratio``):
   logical boundary wire bytes this step, compressed (tokens × r) vs dense-equivalent
   (tokens × H), per boundary, in the forward and (when a gradient flows back) the backward
@@ -61,11 +65,14 @@ class CodecTelemetry:
         self._q_pending: torch.Tensor | None = None  # (B, H, r) live Q whose q_cond is not computed yet
         self.q_updates = 0
         self.activations = 0
+        # (skipped observations, skipped refreshes), counted on the device: no host read per tick
+        self.skipped = torch.zeros(2, dtype=TELEMETRY_DTYPE, device=device)  # (2,)
 
     def to(self, device: torch.device) -> "CodecTelemetry":
         """Move the device-side accumulators to ``device``."""
         self.recon_err_sum = self.recon_err_sum.to(device)
         self.q_cond = self.q_cond.to(device)
+        self.skipped = self.skipped.to(device)
         return self
 
     # ---- recording (no host sync) --------------------------------------------------------
@@ -79,9 +86,15 @@ class CodecTelemetry:
         self.codec_sent += tokens * rank * element_size
         self.codec_dense += tokens * hidden * element_size
 
-    def record_observed(self, tokens: int) -> None:
-        """``tokens`` activation rows were folded into a boundary's sketch."""
+    def record_observed(self, tokens: int, skipped: torch.Tensor) -> None:
+        """``tokens`` activation rows were observed at a boundary; ``skipped`` (0-d bool device
+        tensor): their contribution was left out of the sketch (not finite)."""
         self.activations += tokens
+        self.skipped[0] += skipped
+
+    def record_refresh(self, skipped: torch.Tensor) -> None:
+        """A refresh; ``skipped`` (B,) bool device tensor: the boundaries that kept their Q."""
+        self.skipped[1] += skipped.sum()
 
     def record_q_bcast(self, num_bytes: int) -> None:
         """A refresh broadcast ``num_bytes`` of new bases."""
@@ -103,7 +116,7 @@ class CodecTelemetry:
     def metrics(self) -> dict[str, float]:
         """The flat ``commeff/`` dict for this step (one device→host read); resets the per-step parts."""
         self._settle_q_cond()
-        values = torch.cat([self.recon_err_sum, self.q_cond]).tolist()  # the one host sync
+        values = torch.cat([self.recon_err_sum, self.q_cond, self.skipped]).tolist()  # the one host sync
         num_boundaries = len(self.layers)
         out: dict[str, float] = {}
         for b, layer in enumerate(self.layers):
@@ -112,6 +125,8 @@ class CodecTelemetry:
             out[f"{CODEC_PREFIX}q_cond/layer_{layer}"] = values[num_boundaries + b]
         out[f"{CODEC_PREFIX}q_updates"] = self.q_updates
         out[f"{CODEC_PREFIX}activations"] = self.activations
+        out[f"{CODEC_PREFIX}skipped_observations"] = values[2 * num_boundaries]
+        out[f"{CODEC_PREFIX}skipped_refreshes"] = values[2 * num_boundaries + 1]
         out.update(path_metrics("codec", self.codec_sent, self.codec_dense))
         out.update(path_metrics("q_bcast", self.q_bcast_sent, 0))
         self._reset_step()
@@ -135,6 +150,7 @@ class CodecTelemetry:
             "q_cond": self.q_cond.clone(),
             "q_updates": self.q_updates,
             "activations": self.activations,
+            "skipped": self.skipped.clone(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -154,3 +170,5 @@ class CodecTelemetry:
         self.q_bcast_sent = int(state["q_bcast_sent"])
         self.q_updates = int(state["q_updates"])
         self.activations = int(state["activations"])
+        skipped = state.get("skipped")  # absent in checkpoints from before the non-finite checks
+        self.skipped = (torch.zeros(2) if skipped is None else skipped).to(device=device, dtype=TELEMETRY_DTYPE).clone()
