@@ -192,3 +192,95 @@ def test_driver_counts_the_replayed_minibatches_bytes_per_step():
         assert got["commeff/bytes/anchor_minibatch/sent"] == expected
         assert got["commeff/bytes/anchor_minibatch/dense_equiv"] == 0
     assert len(submitted) >= 2 and sum(per_step) == len(submitted) * (4 * 6 * 8 + 4 * 6 * 4)
+
+
+class _CopyingStore:
+    """Ray's object store as the checkpoint sees it: ``put`` returns a handle, every ``get`` deserialises
+    a fresh copy (as ``ray.get`` does), so two gets of one handle are two payloads in memory."""
+
+    def __init__(self):
+        import pickle
+
+        self._pickle, self._objects, self.puts, self.gets = pickle, {}, 0, 0
+
+    class Ref:
+        pass
+
+    def put(self, obj):
+        ref = self.Ref()
+        self._objects[id(ref)] = (ref, self._pickle.dumps(obj))
+        self.puts += 1
+        return ref
+
+    def get(self, ref):
+        self.gets += 1
+        return self._pickle.loads(self._objects[id(ref)][1])
+
+
+def test_checkpoint_stores_each_shared_snapshot_payload_once_and_resumes_bit_exactly():
+    """K=8, cadence 2, 2 ticks per step, a keyframe every 8 snapshots: the ring's snapshots share their
+    keyframe and earlier deltas. The checkpoint fetches and stores each distinct payload once (before: once
+    per chain that holds it: here the keyframe 3 times), puts each once on resume, and a fresh anchor
+    decodes every pending fire's chain to the actor's bf16 weights of that snapshot, bit for bit."""
+    import io
+
+    from verl_commeff.anchor.snapshot_delta import EncodedSnapshot, SnapshotDecoder, SnapshotEncoder
+
+    torch.manual_seed(0)
+    weights = [[torch.randn(256, 256), torch.randn(256)] for _ in range(2)]  # 2 actor ranks
+    encoders = [SnapshotEncoder(torch.bfloat16) for _ in weights]
+    store = _CopyingStore()
+    truth = {}  # snapshot handle -> that rank's bf16 shards
+
+    def take_snapshot(keyframe=False):
+        refs = []
+        for enc, ws in zip(encoders, weights):
+            refs.append(store.put(enc.encode(ws, keyframe=keyframe)))
+            truth[id(refs[-1])] = [w.bfloat16() for w in ws]
+        return refs
+
+    sched = FireSchedule(8, 2, 2)
+    driver = AnchorDriver(sched, take_snapshot, submit=lambda *job: ["f"], offer=lambda *a: None, keyframe_every=8)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(1, 10):
+        ticks = range((step - 1) * 2 + 1, step * 2 + 1)
+        driver.before_update(step, [("mb", t) for t in ticks])
+        driver.after_update(ticks[-1])
+        for ws in weights:  # an optimizer step moves a few elements
+            for w in ws:
+                w.view(-1)[torch.randint(0, w.numel(), (6,), generator=gen)] += 0.25
+
+    chains = driver.ring.state_dict()["snapshots"]
+    entries = [entry for chain in chains.values() for link in chain.links for entry in link]
+    distinct = {id(e): e for e in entries}
+    keyframe_copies = max(sum(e is x for x in entries) for e in entries)
+    assert len(chains) >= 4 and keyframe_copies >= 3  # the chains really share links
+    nbytes = {key: store.get(e).nbytes() for key, e in distinct.items()}
+    store.gets = 0
+
+    state = driver.state_dict(fetch=store.get)
+    assert store.gets == len(distinct)  # each payload fetched once
+    payloads = state["snapshot_payloads"]
+    assert len(payloads) == len(distinct) and all(isinstance(p, EncodedSnapshot) for p in payloads.values())
+    assert sum(p.nbytes() for p in payloads.values()) == sum(nbytes.values())
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    # the file holds the distinct payloads once (plus metadata), not once per chain
+    per_chain = sum(nbytes[id(e)] for e in entries)
+    assert sum(nbytes.values()) < buffer.tell() < sum(nbytes.values()) + 32 * 1024 < per_chain
+
+    buffer.seek(0)
+    resumed = AnchorDriver(sched, take_snapshot, submit=lambda *job: ["f"], offer=lambda *a: None, keyframe_every=8)
+    fresh = _CopyingStore()
+    resumed.load_state_dict(torch.load(buffer, weights_only=False), put=fresh.put)
+    assert fresh.puts == len(distinct)  # each payload put once
+    pending = resumed.ring.pending_jobs()
+    assert [j.fire_tick for j in pending] == [j.fire_tick for j in driver.ring.pending_jobs()] and pending
+    for job, original in zip(pending, driver.ring.pending_jobs()):
+        for rank, (chain, original_chain) in enumerate(zip(job.snapshot.per_rank_chains(),
+                                                           original.snapshot.per_rank_chains())):
+            decoder = SnapshotDecoder()  # a fresh anchor: the whole chain from the keyframe
+            got = decoder.decode_chain([fresh.get(ref) for ref in chain], rank)
+            want = truth[id(original_chain[-1])]
+            assert all(g.dtype == w.dtype and torch.equal(g.view(torch.int16), w.view(torch.int16))
+                       for g, w in zip(got, want)), (job.fire_tick, rank)

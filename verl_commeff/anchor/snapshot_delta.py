@@ -51,7 +51,8 @@ import torch
 from verl_commeff.mergers.sign_bits import pack_bool, unpack_bool
 
 __all__ = ["EncodedSnapshot", "EncodedTensor", "SnapshotBaseError", "SnapshotChain", "SnapshotDecoder",
-           "SnapshotEncoder", "decode_source", "resolve_snapshot_dtype"]
+           "SnapshotEncoder", "chains_from_payloads", "chains_to_payloads", "decode_source", "payload_key",
+           "resolve_snapshot_dtype"]
 
 SNAPSHOT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -358,5 +359,50 @@ class SnapshotChain:
         return [[link[r] for link in self.links] for r in range(len(self.links[-1]))]
 
     def map_links(self, fn: Callable[[list[Any]], list[Any]]) -> "SnapshotChain":
-        """The same chain with ``fn`` applied to every per-rank list (``ray.get`` / ``ray.put`` for checkpoints)."""
+        """The same chain with ``fn`` applied to every per-rank list."""
         return SnapshotChain([fn(list(link)) for link in self.links])
+
+
+def payload_key(entry: Any) -> str:
+    """The id of one per-rank chain entry: a Ray ObjectRef's object id, else the Python object's id."""
+    try:
+        import ray
+    except ImportError:  # pragma: no cover - ray is a verl dependency
+        ray = None
+    return f"ray:{entry.hex()}" if ray is not None and isinstance(entry, ray.ObjectRef) else f"py:{id(entry)}"
+
+
+def chains_to_payloads(chains: dict[int, SnapshotChain],
+                       fetch: Callable[[Any], Any]) -> tuple[dict[int, SnapshotChain], dict[str, Any]]:
+    """The ring's chains for a checkpoint: every distinct payload fetched and kept once.
+
+    Chains share links (each snapshot's chain runs from the same last keyframe, so the
+    keyframe and the earlier deltas are in several chains): resolving every link of every
+    chain would store the keyframe once per chain. Here each per-rank entry is fetched once,
+    keyed by :func:`payload_key`, and the chains keep only the keys.
+
+    Args:
+        chains: snapshot step -> its chain (entries: Ray ObjectRefs, or the payloads themselves).
+        fetch: entry -> payload (``resolve``: ``ray.get``, again while the value is a ref).
+
+    Returns:
+        (chains whose entries are payload keys, {payload key: payload}).
+    """
+    payloads: dict[str, Any] = {}
+
+    def keep(link: list[Any]) -> list[str]:
+        keys = [payload_key(entry) for entry in link]
+        for key, entry in zip(keys, link):
+            if key not in payloads:
+                payloads[key] = fetch(entry)
+        return keys
+
+    return {step: chain.map_links(keep) for step, chain in chains.items()}, payloads
+
+
+def chains_from_payloads(chains: dict[int, SnapshotChain], payloads: dict[str, Any],
+                         put: Callable[[Any], Any]) -> dict[int, SnapshotChain]:
+    """Inverse of :func:`chains_to_payloads` on resume: each payload stored once (``put``:
+    ``ray.put``), every chain entry the stored object of its key (shared between chains)."""
+    stored = {key: put(payload) for key, payload in payloads.items()}
+    return {step: chain.map_links(lambda keys: [stored[k] for k in keys]) for step, chain in chains.items()}

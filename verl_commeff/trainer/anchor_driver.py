@@ -35,7 +35,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Optional, Sequence
 
-from verl_commeff.anchor.snapshot_delta import SnapshotChain
+from verl_commeff.anchor.snapshot_delta import SnapshotChain, chains_from_payloads, chains_to_payloads
 from verl_commeff.ledger import path_metrics, payload_bytes
 from verl_commeff.replay_ring import ReplayRing
 from verl_commeff.schedule import FireSchedule
@@ -211,12 +211,38 @@ class AnchorDriver:
         self._minibatch_bytes = 0
         return out
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"ring": self.ring.state_dict(), "fires_submitted": self.fires_submitted,
-                "snapshots_taken": self.snapshots_taken}
+    def state_dict(self, fetch: Optional[Callable[[Any], Any]] = None) -> dict[str, Any]:
+        """The ring (mini-batches, snapshots, pending fires) and the counters.
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.ring.load_state_dict(state["ring"])
+        Args:
+            fetch: for a checkpoint: resolves a snapshot chain entry to its payload (``resolve``).
+                Every distinct payload is then fetched and stored once, in
+                ``snapshot_payloads`` keyed by its id, and the ring's chains hold the keys
+                (:func:`~verl_commeff.anchor.snapshot_delta.chains_to_payloads`). None: the chains as they are.
+        """
+        state = {"ring": self.ring.state_dict(), "fires_submitted": self.fires_submitted,
+                 "snapshots_taken": self.snapshots_taken}
+        if fetch is not None:
+            state["ring"]["snapshots"], state["snapshot_payloads"] = chains_to_payloads(
+                state["ring"]["snapshots"], fetch)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], put: Optional[Callable[[Any], Any]] = None) -> None:
+        """Restore :meth:`state_dict` output.
+
+        Args:
+            state: from :meth:`state_dict`.
+            put: stores a snapshot payload (``ray.put``), once per payload, for a state saved with
+                ``fetch``. A checkpoint from before payloads were kept once (its chains hold the
+                payloads themselves) is stored per distinct payload object too.
+        """
+        ring = dict(state["ring"])
+        if put is not None:
+            payloads = state.get("snapshot_payloads")
+            if payloads is None:  # an older checkpoint: the payloads are in the chains
+                ring["snapshots"], payloads = chains_to_payloads(ring["snapshots"], lambda payload: payload)
+            ring["snapshots"] = chains_from_payloads(ring["snapshots"], payloads, put)
+        self.ring.load_state_dict(ring)
         self.fires_submitted = state["fires_submitted"]
         self.snapshots_taken = state["snapshots_taken"]
         self._chain = []  # the resumed actors' encoders are fresh: the next snapshot is a keyframe

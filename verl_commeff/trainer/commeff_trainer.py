@@ -144,10 +144,7 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
                 keyframe_every=self.commeff_cfg.anchor.snapshot_keyframe_every,
             )
             if self._commeff_resume is not None:
-                driver = self._commeff_resume
-                driver["ring"]["snapshots"] = {s: chain.map_links(lambda objs: [ray.put(o) for o in objs])
-                                               for s, chain in driver["ring"]["snapshots"].items()}
-                self.anchor_driver.load_state_dict(driver)
+                self.anchor_driver.load_state_dict(self._commeff_resume, put=ray.put)  # each payload put once
                 self.anchor_driver.resubmit_pending(self._restore_anchor(self._anchor_resume))
 
     def _build_anchor_group(self, name_prefix: str = "commeff_anchor") -> RayWorkerGroup:
@@ -242,12 +239,9 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
             state = {"step": self._commeff_step, "anchor_failed_seen": self._anchor_failed_seen,
                      "anchor_restarts": self._anchor_restarts}
             if self.anchor_driver is not None:
-                driver = self.anchor_driver.state_dict()
-                # snapshots are chains of ObjectRefs of this run (a non-blocking call's ref to a ref):
-                # store their payloads
-                driver["ring"]["snapshots"] = {s: chain.map_links(lambda refs: [resolve(r) for r in refs])
-                                               for s, chain in driver["ring"]["snapshots"].items()}
-                state["driver"] = driver
+                # snapshots are chains of ObjectRefs of this run (a non-blocking call's ref to a ref) that
+                # share their keyframe and earlier deltas: each payload is fetched and stored once
+                state["driver"] = self.anchor_driver.state_dict(fetch=resolve)
                 state["anchor"] = self._anchor_checkpoint()
             torch.save(state, os.path.join(path, DRIVER_STATE))
         return out
