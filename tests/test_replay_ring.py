@@ -105,3 +105,27 @@ def test_ring_raises_when_fires_are_never_released():
     with pytest.raises(RuntimeError, match="never released"):
         for step in range(1, 50):
             ring.add_step(step, ["a", "b"], lambda: "w")
+
+
+def test_a_late_fire_stays_pending_outside_the_bound_until_released():
+    """sync=free: fire 10 (K=5, cadence 5) is past its tick and unconsumed for 6 more steps. Marked late, it
+    keeps its mini-batch and snapshot and does not count against the bound; released, they go. A fire
+    past its tick that is neither released nor marked late still trips the bound (a driver that forgets)."""
+    sched = FireSchedule(5, 5, TICKS_PER_STEP)
+    ring = ReplayRing(sched)
+    for step in range(1, 12):
+        ticks = range((step - 1) * TICKS_PER_STEP + 1, step * TICKS_PER_STEP + 1)
+        ring.add_step(step, [("minibatch", t) for t in ticks], lambda: ("weights", step))
+        for t in ticks:
+            if sched.fires_at(t):
+                ring.mark_late(t) if t == 10 else ring.release(t)
+    assert ring.late_fires == 1 and ring.job(10).batch == ("minibatch", 5) and ring.job(10).snapshot == ("weights", 3)
+    assert ReplayRing(sched).load_state_dict(copy.deepcopy(ring.state_dict())) is None
+    ring.release(10)
+    assert ring.late_fires == 0 and 5 not in {j.source_tick for j in ring.pending_jobs()}
+
+    forgetful = ReplayRing(sched)
+    with pytest.raises(RuntimeError, match="were never released"):
+        for step in range(1, 12):
+            ticks = range((step - 1) * TICKS_PER_STEP + 1, step * TICKS_PER_STEP + 1)
+            forgetful.add_step(step, [("minibatch", t) for t in ticks], lambda: ("weights", step))

@@ -8,6 +8,10 @@ fire jobs whose inputs are now complete, so they can be submitted to the anchor 
 (the anchor's result is needed only at the fire tick, ``K`` ticks later). When the actor
 has consumed fire ``t``'s result it calls :meth:`ReplayRing.release`; a mini-batch is
 dropped when no pending fire needs it, and a snapshot when no kept mini-batch needs it.
+A fire past its tick that the actor has not consumed yet (``sync=free``: the anchor is
+behind) is marked late (:meth:`ReplayRing.mark_late`): it stays pending, and the ring's
+bound counts only what the fires not yet due need (the late ones are the anchor's backlog,
+``late_fires``).
 
 Everything pending stays in :meth:`state_dict`, so a resumed run resubmits exactly the
 jobs that were in flight (:meth:`ReplayRing.pending_jobs`).
@@ -58,6 +62,7 @@ class ReplayRing:
         self._batches: dict[int, Any] = {}  # source tick -> mini-batch
         self._snapshots: dict[int, Any] = {}  # global step -> generator weights
         self._pending: set[int] = set()  # fire ticks submitted and not yet released
+        self._late: set[int] = set()  # pending fires past their tick, not consumed by the actor yet
 
     # ---- sizes -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -67,6 +72,11 @@ class ReplayRing:
     @property
     def num_snapshots(self) -> int:
         return len(self._snapshots)
+
+    @property
+    def late_fires(self) -> int:
+        """Pending fires past their tick that the actor has not consumed (the anchor's backlog)."""
+        return len(self._late)
 
     # ---- filling -----------------------------------------------------------------------
     def add_step(self, step: int, minibatches: Sequence[Any], snapshot: Callable[[], Any]) -> list[FireJob]:
@@ -98,11 +108,15 @@ class ReplayRing:
         fires = sched.fires_sourced_in_step(step)
         self._pending.update(fires)
         self.last_step = step
-        if len(self._batches) > sched.ring_batch_bound() or self.num_snapshots > sched.ring_snapshot_bound():
+        # the bound: what the fires not marked late need (a late fire's entries are the anchor's backlog)
+        batches = {sched.source_tick(t) for t in self._pending - self._late}
+        snapshots = {sched.step_of_tick(t) for t in batches}
+        if len(batches) > sched.ring_batch_bound() or len(snapshots) > sched.ring_snapshot_bound():
             raise RuntimeError(
-                f"replay ring over its bound after step {step}: {len(self._batches)} mini-batches "
-                f"(bound {sched.ring_batch_bound()}), {self.num_snapshots} snapshots "
-                f"(bound {sched.ring_snapshot_bound()}); pending fires {sorted(self._pending)} were never released"
+                f"replay ring over its bound after step {step}: {len(batches)} mini-batches "
+                f"(bound {sched.ring_batch_bound()}), {len(snapshots)} snapshots "
+                f"(bound {sched.ring_snapshot_bound()}) for fires not marked late; pending fires "
+                f"{sorted(self._pending)} (late: {sorted(self._late)}) were never released"
             )
         return [self.job(t) for t in fires]
 
@@ -132,12 +146,19 @@ class ReplayRing:
         if fire_tick not in self._pending:
             raise KeyError(f"fire {fire_tick} is not pending in the replay ring (pending: {sorted(self._pending)})")
         self._pending.discard(fire_tick)
+        self._late.discard(fire_tick)
         needed = {self.schedule.source_tick(t) for t in self._pending}
         for tick in [t for t in self._batches if t not in needed]:
             del self._batches[tick]
         steps = {self.schedule.step_of_tick(t) for t in self._batches}
         for step in [s for s in self._snapshots if s not in steps]:
             del self._snapshots[step]
+
+    def mark_late(self, fire_tick: int) -> None:
+        """Pending fire ``fire_tick`` is past its tick and not consumed by the actor: keep it (late)."""
+        if fire_tick not in self._pending:
+            raise KeyError(f"fire {fire_tick} is not pending in the replay ring (pending: {sorted(self._pending)})")
+        self._late.add(fire_tick)
 
     # ---- checkpointing -----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -146,6 +167,7 @@ class ReplayRing:
             "batches": dict(self._batches),
             "snapshots": dict(self._snapshots),
             "pending": sorted(self._pending),
+            "late": sorted(self._late),
             "schedule": (self.schedule.delay_k, self.schedule.cadence, self.schedule.ticks_per_step),
         }
 
@@ -160,3 +182,4 @@ class ReplayRing:
         self._batches = dict(state["batches"])
         self._snapshots = dict(state["snapshots"])
         self._pending = set(state["pending"])
+        self._late = set(state.get("late", ()))  # absent in checkpoints from before late fires were kept

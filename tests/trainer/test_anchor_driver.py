@@ -284,3 +284,94 @@ def test_checkpoint_stores_each_shared_snapshot_payload_once_and_resumes_bit_exa
             want = truth[id(original_chain[-1])]
             assert all(g.dtype == w.dtype and torch.equal(g.view(torch.int16), w.view(torch.int16))
                        for g, w in zip(got, want)), (job.fire_tick, rank)
+
+
+class _Fire:
+    """A fire's future as the actor polls it: computing until ``state`` says done, or dead (its group killed)."""
+
+    def __init__(self, result, state="done"):
+        self.fire_tick, self.result, self.state = result.fire_tick, result, state
+
+    def get(self, timeout):
+        from verl_commeff.workers.actor_state import AnchorFailure
+
+        assert timeout == 0, "free mode polls"
+        if self.state == "dead":
+            raise AnchorFailure(self.fire_tick, 0, "its worker died (ActorDiedError)")
+        return self.result if self.state == "done" else None
+
+
+class _FreeRun:
+    """A sync=free actor rank fed by the driver, K=2, cadence 2, 2 ticks per step: fires 2, 4, 6, ...
+    Fire ``late`` is still computing when its tick comes and when its step ends."""
+
+    def __init__(self, late):
+        cfg = CommEffConfig(codec=CodecConfig(enable=False, q_source="fast"),
+                            anchor=AnchorConfig(delay_k=2, cadence=2, sync="free"))
+        self.model = tiny_qwen2(num_layers=2)
+        self.state = CommEffActorState(cfg, 2, self.model, hidden_size=64, num_layers=2)
+        self.late, self.fires, self.held = late, {}, []
+        self.driver = AnchorDriver(self.state.schedule, lambda keyframe=False: "snapshot", self.submit,
+                                   lambda fire, futures: self.state.offer(futures[0]))
+
+    def submit(self, fire, source, minibatch, snapshot):
+        shapes = [p.shape for _, p in self.state.targets]
+        result = AnchorResult(fire, source, [torch.full(s, float(fire)) for s in shapes])
+        self.fires[fire] = _Fire(result, "computing" if fire == self.late else "done")
+        return [self.fires[fire]]
+
+    def step(self, step):
+        ticks = list(range((step - 1) * 2 + 1, step * 2 + 1))
+        self.driver.before_update(step, [("mb", t) for t in ticks])
+        for _ in ticks:
+            self.state.begin_tick()
+            self.model.zero_grad()
+            self.model(token_batch(seed=step)).logits.mean().backward()
+            self.state.before_optimizer_step([p.grad for _, p in self.state.targets])
+            self.held.append(self.state.merger.produced_tick)
+        # what the trainer does: release only what the actor consumed
+        return self.driver.after_update(ticks[-1], self.state.unconsumed_fires())
+
+
+def test_free_sync_keeps_a_late_fire_pending_and_a_restart_reruns_it_without_a_failure():
+    """Fire 4 is still computing at the end of step 2 (its tick is the step's last). It stays pending; the
+    anchor group is then killed and restarted: the pending fires run again on the new group, the actor takes
+    fire 4's new result at tick 5 and counts no failure. (Before: fire 4 was released at step 2's end, not
+    rerun, and the actor found its old future dead: a failed fire, i.e. another restart.)"""
+    run = _FreeRun(late=4)
+    assert run.step(1) == [2]  # fire 2 consumed at its tick
+    assert run.step(2) == []  # fire 4 (due at tick 4, the step's last) is still computing
+    assert sorted(run.driver.pending_futures()) == [4, 6] and run.state.unconsumed_fires() == [4, 6]
+    for fire in run.fires.values():  # the restart kills the old group: every old future is dead
+        fire.state = "dead"
+    run.late = None
+    assert run.driver.resubmit_pending() == [4, 6]  # the new group runs them again
+    assert run.step(3) == [4, 6]
+    metrics = run.state.metrics()
+    assert run.held[-2:] == [4, 6] and metrics["commeff/anchor/failed_fires"] == 0
+    assert metrics["commeff/anchor/fires_used"] == 3
+
+
+def test_free_sync_resume_delivers_a_fire_that_was_unconsumed_at_the_checkpoint():
+    """Checkpoint after step 2 with fire 4 still computing: the ring saves it as pending, the checkpoint drains
+    its result (as the trainer does), and the resumed actor takes it at tick 5, then fire 6 at tick 6, as the
+    uninterrupted run does. (Before: fire 4 was released and not in the checkpoint: the resumed run lost it.)"""
+    import copy
+
+    ref = _FreeRun(late=4)
+    for step in (1, 2):
+        ref.step(step)
+    saved_driver, saved_actor = copy.deepcopy(ref.driver.state_dict()), copy.deepcopy(ref.state.state_dict())
+    drained = {fire: [f.result] for fire, f in ref.fires.items() if fire in ref.driver.pending_futures()}
+    ref.fires[4].state = "done"  # the uninterrupted run: fire 4 finishes during step 3
+    ref.step(3)
+
+    resumed = _FreeRun(late=None)
+    resumed.driver.load_state_dict(saved_driver)
+    resumed.state.load_state_dict(saved_actor)
+    resumed.driver.resubmit_pending({fire: [_Fire(r) for r in results] for fire, results in drained.items()})
+    resumed.step(3)
+    assert sorted(drained) == [4, 6]
+    assert resumed.held == ref.held[-2:] == [4, 6]
+    got, want = resumed.state.metrics(), ref.state.metrics()
+    assert got["commeff/anchor/fires_used"] == want["commeff/anchor/fires_used"] == 3

@@ -12,7 +12,8 @@ At the start of every global step's actor update the driver
    futures to the actor ranks, which wait for them (``sync=strict``) or poll them
    (``sync=free``) at their fire ticks;
 
-and after the update it releases the fires the actor has consumed.
+and after the update it releases the fires the actor has consumed (taken, dropped or failed on
+every actor rank: a late ``sync=free`` fire stays pending until then).
 
 Nothing here waits for the actor: the snapshot call is non-blocking (its futures go to
 the anchor, which resolves them), and each fire's mini-batch is put in Ray's object store
@@ -33,7 +34,7 @@ snapshot after either is a keyframe.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from verl_commeff.anchor.snapshot_delta import SnapshotChain, chains_from_payloads, chains_to_payloads
 from verl_commeff.ledger import path_metrics, payload_bytes
@@ -162,12 +163,33 @@ class AnchorDriver:
         self._submit_s += time.perf_counter() - start
         return [job.fire_tick for job in jobs]
 
-    def after_update(self, last_tick: int) -> None:
-        """The actor has taken every fire up to ``last_tick``: release their ring entries."""
+    def after_update(self, last_tick: int, unconsumed: Iterable[int] = ()) -> list[int]:
+        """Release the ring entries of the fires the actor has consumed.
+
+        A fire is consumed when every actor rank has taken its result, dropped it (a newer one
+        was held) or counted it as failed. With ``sync=strict`` that is every fire up to
+        ``last_tick``; with ``sync=free`` a fire can still be computing, or finished and not
+        yet polled, after its tick: it stays pending (in the ring, its futures kept), so a
+        checkpoint saves it and an anchor restart reruns it instead of turning it into a failure.
+
+        Args:
+            last_tick: the step's last tick (no fire after it is due yet).
+            unconsumed: fires some actor rank still holds unconsumed (``commeff_unconsumed_fires``).
+
+        Returns:
+            The fires released.
+        """
+        keep = set(unconsumed)
+        released = []
         for fire in [job.fire_tick for job in self.ring.pending_jobs() if job.fire_tick <= last_tick]:
+            if fire in keep:
+                self.ring.mark_late(fire)
+                continue
             self.ring.release(fire)
             self._futures.pop(fire, None)
             self._puts.pop(fire, None)
+            released.append(fire)
+        return released
 
     def pending_futures(self) -> dict[int, Sequence[Any]]:
         """The futures of every submitted fire the actor has not taken yet, by fire tick."""
@@ -204,6 +226,7 @@ class AnchorDriver:
             "commeff/anchor/snapshots": float(self.snapshots_taken),
             "commeff/anchor/ring_batches": float(len(self.ring)),
             "commeff/anchor/ring_snapshots": float(self.ring.num_snapshots),
+            "commeff/anchor/late_fires": float(self.ring.late_fires),
             "commeff/anchor/submit_s": self._submit_s,
         }
         out.update(path_metrics("anchor_minibatch", self._minibatch_bytes, 0))

@@ -224,7 +224,8 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
         for key in [k for k in metrics if k.startswith("actor/commeff/")]:
             metrics[key[len("actor/"):]] = metrics.pop(key)
         if self.anchor_driver is not None:
-            self.anchor_driver.after_update(self._commeff_step * self.commeff_ticks_per_step)
+            unconsumed = set().union(*self.actor_rollout_wg.commeff_unconsumed_fires())  # late sync=free fires
+            self.anchor_driver.after_update(self._commeff_step * self.commeff_ticks_per_step, unconsumed)
             metrics.update(self.anchor_driver.metrics())
             self._check_anchor(metrics)
         metrics.update(ledger_totals(metrics))  # the actor's paths (mean over ranks) and the driver's

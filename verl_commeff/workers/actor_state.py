@@ -322,6 +322,11 @@ class CommEffActorState:
         self._ready.pop(pending.fire_tick, None)  # a resubmitted fire replaces what its first run left
         self._inbox[pending.fire_tick] = pending
 
+    def unconsumed_fires(self) -> list[int]:
+        """Fires offered to this rank that it has not taken, dropped or counted as failed yet
+        (still computing, or finished and not due): the driver keeps them pending."""
+        return sorted({*self._inbox, *self._ready})
+
     # ---- fetching anchor results -------------------------------------------------------
     def prefetch(self) -> None:
         """Fetch every anchor result that has finished into its ready slot; never waits."""

@@ -113,6 +113,11 @@ class CommEffActorRolloutRefWorker(ActorRolloutRefWorker):
         return newest.detach().cpu().clone()
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def commeff_unconsumed_fires(self) -> list[int]:
+        """The fires offered to this rank that it has not consumed yet (taken, dropped or failed)."""
+        return self.actor.engine.commeff.unconsumed_fires()
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def commeff_offer(self, fire_tick: int, result_refs: list) -> None:
         """Hand fire ``fire_tick``'s anchor results (one ObjectRef per anchor rank) to this rank.
 
