@@ -86,6 +86,52 @@ def test_assemble_from_hsdp_actor_reads_one_replica():
     assert needed_sources([t.shape for t in full], actor, fsdp2_layout(1, -1), 0) == [0, 1]
 
 
+@pytest.mark.parametrize("actor_world, anchor_world", [(3, 2), (4, 3), (4, 1)])
+def test_a_smaller_anchor_decodes_delta_snapshots_into_one_copy_of_its_own_shards(actor_world, anchor_world):
+    """Each actor rank delta-encodes its shards (bf16) over 6 snapshots with a keyframe at 0 and 4; each anchor
+    rank applies the payloads of the actor ranks covering its rows (the worker's _snapshot_shards), then a
+    fresh anchor rank (a restart) applies the chains from the last keyframe. Every time its shards are
+    torch.chunk's of the actor's full bf16 weights, bit for bit, and the decoder keeps exactly one copy of
+    the anchor rank's own shards (before: the whole shards of every actor rank it read, 1.33-1.75x its own
+    shards in these layouts, plus an assembled copy of its own shards on every fire)."""
+    from types import SimpleNamespace
+
+    from verl_commeff.anchor.reshard import snapshot_plan
+    from verl_commeff.anchor.snapshot_delta import SnapshotDecoder, SnapshotEncoder
+    from verl_commeff.anchor.worker import _snapshot_shards
+
+    actor, anchor = fsdp2_layout(actor_world, -1), fsdp2_layout(anchor_world, -1)
+    full = _model(3)
+    shapes = [t.shape for t in full]
+    encoders = [SnapshotEncoder(torch.bfloat16) for _ in range(actor_world)]
+    states = [SimpleNamespace(decoder=SnapshotDecoder(*snapshot_plan(shapes, actor, anchor, a)), reshard=True)
+              for a in range(anchor_world)]
+    chains = [[] for _ in range(actor_world)]
+    gen = torch.Generator().manual_seed(4)
+    for snapshot in range(6):
+        keyframe = snapshot in (0, 4)
+        payloads = [encoders[r].encode([_chunks(t, actor_world)[r] for t in full], keyframe=keyframe)
+                    for r in range(actor_world)]
+        chains = [[p] if keyframe else [*c, p] for c, p in zip(chains, payloads)]
+        for a, state in enumerate(states):
+            got = _snapshot_shards(state, payloads, a)
+            for t, g in zip(full, got):
+                assert _bits_equal(g, _chunks(t.bfloat16(), anchor_world)[a]), (snapshot, a)
+            own = sum(_chunks(t, anchor_world)[a].numel() for t in full) * 2  # bf16
+            assert state.decoder.nbytes() == own
+        for t in full:  # an optimizer step moves a few rows' elements
+            t.view(-1)[torch.randint(0, t.numel(), (3,), generator=gen)] += 0.5
+    for a in range(anchor_world):  # a restarted anchor: the whole chains from the keyframe
+        fresh = SimpleNamespace(decoder=SnapshotDecoder(*snapshot_plan(shapes, actor, anchor, a)), reshard=True)
+        got = _snapshot_shards(fresh, chains, a)
+        assert all(_bits_equal(g, w) for g, w in zip(got, _snapshot_shards(states[a], payloads, a)))
+        assert fresh.decoder.nbytes() == states[a].decoder.nbytes()
+
+
+def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(torch.int16), b.view(torch.int16))
+
+
 @pytest.mark.parametrize("actor_world", [1, 2, 3, 4])
 def test_one_anchor_rank_splits_m_bar_into_every_actor_ranks_shard(actor_world):
     full = _model(2)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from verl_commeff.anchor.snapshot_delta import (
+    RowCopy,
     SnapshotBaseError,
     SnapshotChain,
     SnapshotDecoder,
@@ -103,17 +104,27 @@ def test_wrong_base_raises_and_never_guesses():
 
 
 def test_reloading_the_same_snapshot_and_per_source_state():
+    """Two sources' rows in one kept shard (a plan): each source's chain is its own, and a second decode
+    of the snapshot held is a no-op; a decoder without a plan keeps one source and refuses another."""
     enc0, enc1 = SnapshotEncoder(torch.bfloat16), SnapshotEncoder(torch.bfloat16)
-    a, b = [torch.randn(10, 10)], [torch.randn(3, 7)]
-    dec = SnapshotDecoder()
+    a, b = [torch.randn(10, 7)], [torch.randn(3, 7)]
+    dec = SnapshotDecoder([(13, 7)], {0: [RowCopy(0, 0, 0, 10)], 1: [RowCopy(0, 0, 10, 3)]})
     dec.decode(enc0.encode(a), source=0)
     dec.decode(enc1.encode(b), source=1)
     a[0][0, 0] += 1.0
     s = enc0.encode(a)
     first = [t.clone() for t in dec.decode(s, source=0)]
     again = dec.decode(s, source=0)  # another fire on the same snapshot
-    assert all(_bit_equal(x, y) for x, y in zip(first, again)) and _bit_equal(again[0], a[0].bfloat16())
-    assert _bit_equal(dec.decode(enc1.encode(b), source=1)[0], b[0].bfloat16())  # rank 1's chain is its own
+    both = torch.cat([a[0], b[0]]).bfloat16()
+    assert all(_bit_equal(x, y) for x, y in zip(first, again)) and _bit_equal(again[0], both)
+    b[0][2, 6] -= 1.0
+    assert _bit_equal(dec.decode(enc1.encode(b), source=1)[0], torch.cat([a[0], b[0]]).bfloat16())  # rank 1's own
+    assert dec.held(0) == (enc0.stream, 2) and dec.held(1) == (enc1.stream, 2)
+    assert dec.nbytes() == 13 * 7 * 2  # one copy of the kept shard, in bf16
+    single = SnapshotDecoder()
+    single.decode(enc0.encode(a, keyframe=True), source=0)
+    with pytest.raises(ValueError, match="without a plan keeps one actor rank's shards"):
+        single.decode(enc1.encode(b, keyframe=True), source=1)
 
 
 def test_bytes_by_hand_and_dense_fallback():
@@ -168,12 +179,12 @@ def test_driver_chain_rebuilds_a_restarted_anchor_exactly():
         truth.append([[w.bfloat16() for w in ws] for ws in weights])
         return [enc.encode(ws, keyframe=keyframe) for enc, ws in zip(encoders, weights)]
 
-    decoder = {"dec": SnapshotDecoder()}
+    decoder = {"dec": [SnapshotDecoder(), SnapshotDecoder()]}  # one per anchor rank, each for its actor rank
     checked = []
 
     def submit(fire, source, minibatch, snapshot):
         for rank in range(2):
-            got = decode_source(decoder["dec"], snapshot[rank], rank, resolve=lambda x: x)
+            got = decode_source(decoder["dec"][rank], snapshot[rank], rank, resolve=lambda x: x)
             want = truth[snapshot_index[fire]][rank]
             assert all(_bit_equal(g, w) for g, w in zip(got, want)), (fire, rank)
         checked.append(fire)
@@ -188,7 +199,7 @@ def test_driver_chain_rebuilds_a_restarted_anchor_exactly():
             snapshot_index[fire] = len(truth)  # this step's snapshot (taken in before_update)
         driver.before_update(step, [("mb", t) for t in ticks])
         if step == 5:  # the anchor died: a fresh decoder, pending fires resubmitted with their whole chains
-            decoder["dec"] = SnapshotDecoder()
+            decoder["dec"] = [SnapshotDecoder(), SnapshotDecoder()]
             assert driver.resubmit_pending()  # some fires were pending
         driver.after_update(ticks[-1])
         for ws in weights:  # an optimizer step moves a few elements

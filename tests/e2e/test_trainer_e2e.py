@@ -112,7 +112,8 @@ def test_drop_in_on_verls_main_ppo(tmp_path, learnable_preset):
 
 def test_free_sync_survives_a_dead_anchor_and_restarts_it(tmp_path, learnable_preset):
     """sync=free: the anchor process exits at fire 6 (test-only fault hook); the run goes on to the end,
-    counts the failed fire, rebuilds the anchor group once, and the new group delivers fires again."""
+    counts the failed fire, rebuilds the anchor group once, and the new group delivers fires again,
+    continuing the old group's M̄ EMA (backed up after fire 4, the last one the anchor finished)."""
     env = recipe_env(tmp_path, learnable_preset, "dead_anchor", STEPS=5, TEST_FREQ=-1, K=DEAD_K, CADENCE=DEAD_CADENCE,
                      SYNC="free",
                      COMMEFF_TEST_ANCHOR_FAULT="exit@6", COMMEFF_TEST_ANCHOR_FAULT_GROUP="commeff_anchor")
@@ -124,9 +125,11 @@ def test_free_sync_survives_a_dead_anchor_and_restarts_it(tmp_path, learnable_pr
     first = min(failed)
     assert records[first]["commeff/anchor/restarts"] == 1 and records[5]["commeff/anchor/restarts"] == 1
     assert records[first - 1]["commeff/anchor/failed_fires"] == 0
-    # the restarted group ran fires and the actor used them: a new EMA, on the actor's Q
+    # the restarted group ran fires and the actor used them, on the actor's Q
     assert records[5]["commeff/anchor/backwards"] > records[first]["commeff/anchor/backwards"]
-    assert records[5]["commeff/anchor/ema_updates"] < FireSchedule(DEAD_K, DEAD_CADENCE, TICKS_PER_STEP).fires_through(10)
+    # its EMA continued: every fire but the failed one is folded in (a fresh EMA would count from 1 again)
+    fires = FireSchedule(DEAD_K, DEAD_CADENCE, TICKS_PER_STEP).fires_through(10)
+    assert records[5]["commeff/anchor/ema_updates"] == fires - records[5]["commeff/anchor/failed_fires"] == fires - 1
     assert all(records[s]["commeff/anchor/q_gap"] < Q_GAP_TOL for s in records if "commeff/anchor/q_gap" in records[s])
 
 

@@ -311,12 +311,15 @@ class _FreeRun:
         self.model = tiny_qwen2(num_layers=2)
         self.state = CommEffActorState(cfg, 2, self.model, hidden_size=64, num_layers=2)
         self.late, self.fires, self.held = late, {}, []
+        self.group = 0  # the anchor group of the moment (a restart makes a new one)
         self.driver = AnchorDriver(self.state.schedule, lambda keyframe=False: "snapshot", self.submit,
-                                   lambda fire, futures: self.state.offer(futures[0]))
+                                   lambda fire, futures: self.state.offer(futures[0]),
+                                   backup=lambda: [("state after fire", self.submitted, "group", self.group)])
 
     def submit(self, fire, source, minibatch, snapshot):
         shapes = [p.shape for _, p in self.state.targets]
         result = AnchorResult(fire, source, [torch.full(s, float(fire)) for s in shapes])
+        self.submitted = fire
         self.fires[fire] = _Fire(result, "computing" if fire == self.late else "done")
         return [self.fires[fire]]
 
@@ -345,11 +348,18 @@ def test_free_sync_keeps_a_late_fire_pending_and_a_restart_reruns_it_without_a_f
     for fire in run.fires.values():  # the restart kills the old group: every old future is dead
         fire.state = "dead"
     run.late = None
+    # the new group continues from the anchor's state after fire 2, the newest fire older than every pending one
+    assert run.driver.restore_points() == [(2, [("state after fire", 2, "group", 0)])]
+    run.group = 1
     assert run.driver.resubmit_pending() == [4, 6]  # the new group runs them again
     assert run.step(3) == [4, 6]
     metrics = run.state.metrics()
     assert run.held[-2:] == [4, 6] and metrics["commeff/anchor/failed_fires"] == 0
     assert metrics["commeff/anchor/fires_used"] == 3
+    # fire 8 is pending now; the backups kept: of the two newest consumed fires (the new group's), and of 8
+    assert run.driver.restore_points() == [(6, [("state after fire", 6, "group", 1)]),
+                                           (4, [("state after fire", 4, "group", 1)])]
+    assert sorted(run.driver._backups) == [4, 6, 8]
 
 
 def test_free_sync_resume_delivers_a_fire_that_was_unconsumed_at_the_checkpoint():

@@ -8,7 +8,8 @@ waited forever.
 
 The anchor then dies at fire 2 (the test-only fault hook, ``os._exit`` in the worker):
 in ``sync=free`` the actor keeps merging with fire 1's M̄ and counts the failed fire;
-the restarted group takes the actor's Q and its fire 3 reaches the actor with no Q gap.
+the restarted group loads the anchor's state backed up after fire 1 (the backup after fire 2
+died with the worker), so its M̄ EMA continues, and its fire 3 reaches the actor with no Q gap.
 """
 
 import os
@@ -83,9 +84,12 @@ def test_colocated_anchor_builds_in_the_actors_bundles_survives_death_and_restar
     anchor = _build_guarded(lambda: build_anchor_group(anchor_pool, config, cfg, 1, "cpu"))
     assert anchor.world_size == WORLD
 
+    backups = {}
+
     def fire(group, tick, keyframe=False):
         snapshot = actor.commeff_snapshot(keyframe=keyframe)
         refs = group.anchor_fire(tick, tick, _minibatch(make_ppo_batch(seed=tick)), snapshot)
+        backups[tick] = group.anchor_state_backup()  # queued after the fire, as the driver does (sync=free)
         ray.wait(refs, num_returns=len(refs))  # finished (or failed) before the actor polls: free mode never waits
         actor.commeff_offer(tick, refs)
         return _update(actor, tick)
@@ -101,11 +105,20 @@ def test_colocated_anchor_builds_in_the_actors_bundles_survives_death_and_restar
     assert m["commeff/anchor/failed_fires"] == [1.0] and m["commeff/anchor/fires_used"] == [1.0]
     assert m["commeff/merger/merged_ticks"] == [2.0] and m["commeff/merger/age"] == [1.0]
 
-    # restart: a new group (new name prefix: the fault hook leaves it alone) on the actor's newest Q
-    anchor = _build_guarded(lambda: restart_anchor_group(
-        anchor, lambda: build_anchor_group(pool, config, cfg, 1, "cpu", name_prefix="commeff_anchor_r1"), actor))
+    # restart: a new group (new name prefix: the fault hook leaves it alone). The backup after fire 2 died
+    # with its worker; the one after fire 1 (owned by this process) outlived it: the new group continues from it
+    after_fire_1 = ray.get(backups[1])
+    anchor, restored = _build_guarded(lambda: restart_anchor_group(
+        anchor, lambda: build_anchor_group(pool, config, cfg, 1, "cpu", name_prefix="commeff_anchor_r1"), actor,
+        restore_points=[(2, backups[2]), (1, backups[1])]))
+    assert restored == 1
+    loaded = anchor.anchor_state_dict()
+    for got, want in zip(loaded, after_fire_1):  # per rank: the EMA and the codec exactly as after fire 1
+        assert got["ema"]["updates"] == want["ema"]["updates"] == 1
+        assert all(torch.equal(a, b) for a, b in zip(got["ema"]["m_bar"], want["ema"]["m_bar"]))
+        assert torch.equal(got["codec"]["live"], want["codec"]["live"])
     m = fire(anchor, 3, keyframe=True)  # a fresh anchor holds no delta base: the driver asks for a keyframe
     assert m["commeff/anchor/fires_used"] == [2.0] and m["commeff/anchor/failed_fires"] == [1.0]
     assert m["commeff/merger/age"] == [0.0]  # fire 3's M̄ is fresh
     assert m["commeff/anchor/q_gap"] == [0.0]  # the new anchor sketched against the actor's Q, not the bootstrap
-    assert m["commeff/anchor/ema_updates"] == [1.0]  # its EMA restarted from the first fire after the restart
+    assert m["commeff/anchor/ema_updates"] == [2.0]  # fire 3 folded into fire 1's EMA (it restarted at 1 before)

@@ -10,10 +10,12 @@ arithmetic is written here.
 
 Two mappings, one per direction:
 
-- Snapshots (actor → anchor), :func:`assemble_local`: anchor rank a concatenates, for each
-  parameter, the pieces of the actor ranks' shards that cover its rows. It fetches only
-  the actor ranks it needs (:func:`needed_sources`): all N for A = 1, just actor rank a
-  for A = N.
+- Snapshots (actor → anchor), :func:`snapshot_plan`: anchor rank a keeps, for each
+  parameter, the pieces of the actor ranks' shards that cover its rows; its snapshot
+  decoder applies each actor rank's payload to just those rows of one copy of its own
+  shards (:class:`~verl_commeff.anchor.snapshot_delta.SnapshotDecoder`; plain shards:
+  :func:`assemble_local`). It fetches only the actor ranks it needs (:func:`needed_sources`):
+  all N for A = 1, just actor rank a for A = N.
 - Results (anchor → actor), :class:`ResultRouting`: every actor rank r has one *owner*
   anchor rank, ``r·A // N`` (:func:`owner_of`: contiguous blocks, so when the rows align,
   as they do when A divides N and N divides each row count, the owner already holds all
@@ -47,7 +49,7 @@ from torch.distributed.tensor._utils import _compute_local_shape_and_global_offs
 from torch.distributed.tensor.placement_types import Placement
 
 __all__ = ["Piece", "RoutedResults", "ResultRouting", "RowLayout", "assemble_local", "fsdp2_layout",
-           "needed_sources", "owner_of", "take_routed"]
+           "needed_sources", "owner_of", "snapshot_plan", "take_routed"]
 
 
 @dataclass(frozen=True)
@@ -135,16 +137,44 @@ def needed_sources(global_shapes: Sequence[Sequence[int]], source: RowLayout, ta
     return sorted(ranks)
 
 
+def snapshot_plan(global_shapes: Sequence[Sequence[int]], source: RowLayout, target: RowLayout,
+                  target_rank: int) -> tuple[list[torch.Size], dict[int, list["RowCopy"]]]:
+    """What ``target_rank`` keeps of each source rank's shards: its local shapes and, per source
+    rank, the row copies (:class:`~verl_commeff.anchor.snapshot_delta.RowCopy`) that make them up.
+
+    Args:
+        global_shapes: each parameter's full shape, in module order.
+        source: the layout the shards come in (the actor's).
+        target: the layout wanted (the anchor's).
+        target_rank: whose shards to build.
+
+    Returns:
+        (``target_rank``'s local shard shapes, {source rank: its row copies}); the source ranks are
+        :func:`needed_sources`.
+    """
+    from verl_commeff.anchor.snapshot_delta import RowCopy
+
+    shapes, plan = [], {}
+    for i, shape in enumerate(global_shapes):
+        offset, count = target.rows(shape, target_rank)
+        shapes.append(torch.Size([count, *shape[1:]]))
+        cursor = 0
+        for piece in _pieces(source, shape, offset, offset + count):
+            plan.setdefault(piece.rank, []).append(RowCopy(i, piece.start, cursor, piece.length))
+            cursor += piece.length
+    return shapes, {rank: plan[rank] for rank in sorted(plan)}
+
+
 def assemble_local(global_shapes: Sequence[Sequence[int]], source: RowLayout,
                    fetch: Callable[[int], Sequence[torch.Tensor]], target: RowLayout,
                    target_rank: int) -> list[torch.Tensor]:
-    """``target_rank``'s local shards (``target`` layout) from the source ranks' shards.
+    """``target_rank``'s local shards (``target`` layout) from the source ranks' plain shards.
 
     Steps:
-        1. For each parameter, the target rank's rows and the source pieces covering them.
-        2. Fetch each needed source rank's shard list once (``fetch(rank)``, e.g. a
-           ``ray.get`` of actor rank ``rank``'s snapshot).
-        3. Concatenate the pieces along dim 0.
+        1. The plan (:func:`snapshot_plan`): the target rank's shapes and each source's row copies.
+        2. Fetch each needed source rank's shard list once (``fetch(rank)``) and copy its rows
+           into the target's shards (a :class:`~verl_commeff.anchor.snapshot_delta.SnapshotDecoder`
+           with that plan, the shards applied as keyframes).
 
     Args:
         global_shapes: each parameter's full shape, in module order.
@@ -156,26 +186,17 @@ def assemble_local(global_shapes: Sequence[Sequence[int]], source: RowLayout,
     Returns:
         One tensor per parameter, ``target_rank``'s local shard of it.
     """
-    # Step 1: which pieces.
-    plan = []
-    for shape in global_shapes:
-        offset, count = target.rows(shape, target_rank)
-        plan.append(_pieces(source, shape, offset, offset + count))
-    # Step 2: each source rank's shards, once.
-    shards = {rank: fetch(rank) for rank in sorted({p.rank for pieces in plan for p in pieces})}
-    for rank, got in shards.items():
+    from verl_commeff.anchor.snapshot_delta import SnapshotDecoder, decode_source
+
+    # Step 1: the plan.
+    decoder = SnapshotDecoder(*snapshot_plan(global_shapes, source, target, target_rank))
+    # Step 2: each source's rows.
+    out = []
+    for rank in decoder.sources:
+        got = fetch(rank)
         if len(got) != len(global_shapes):
             raise ValueError(f"source rank {rank} sent {len(got)} shards, the model has {len(global_shapes)} parameters")
-    # Step 3: concatenate.
-    any_source = next(iter(shards.values()), None)
-    out = []
-    for i, (shape, pieces) in enumerate(zip(global_shapes, plan)):
-        if not pieces:  # this rank holds no rows of the parameter (uneven split)
-            like = any_source[i] if any_source is not None else torch.empty(0)
-            out.append(like.new_empty((0, *shape[1:])))  # (0, *shape[1:])
-            continue
-        parts = [shards[p.rank][i].narrow(0, p.start, p.length) for p in pieces]
-        out.append(torch.cat(parts) if len(parts) > 1 else parts[0].clone())  # (rows, *shape[1:])
+        out = decode_source(decoder, list(got), rank, resolve=lambda x: x)
     return out
 
 

@@ -19,10 +19,12 @@ State and ids. :class:`SnapshotEncoder` (one per actor rank) keeps its **base**,
 last snapshot it sent, and numbers its snapshots ``1, 2, ...`` within a **stream** (a random
 id per encoder instance: a restarted actor starts a new stream). Each
 :class:`EncodedSnapshot` carries ``(stream, snapshot_id, base_id)``; ``base_id`` is None for a
-keyframe. :class:`SnapshotDecoder` (on the anchor) keeps, per source actor rank, the last
-snapshot it decoded and applies a payload only when
+keyframe. :class:`SnapshotDecoder` (on the anchor) keeps one copy of the anchor rank's own
+shards (made of the rows it needs from each source actor rank: all of them when the anchor
+has the actor's layout) and, per source, the last snapshot it applied, and applies a
+source's payload only when
 
-1. it is a keyframe (the state is replaced), or
+1. it is a keyframe (the source's rows are replaced), or
 2. it is the snapshot already held (same stream and id: several fires replay one snapshot), or
 3. its ``(stream, base_id)`` is the snapshot held (the delta is applied);
 
@@ -41,7 +43,7 @@ resume is a keyframe (the driver asks for one), and every
 from __future__ import annotations
 
 import dataclasses
-
+import itertools
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
@@ -50,11 +52,12 @@ import torch
 
 from verl_commeff.mergers.sign_bits import pack_bool, unpack_bool
 
-__all__ = ["EncodedSnapshot", "EncodedTensor", "SnapshotBaseError", "SnapshotChain", "SnapshotDecoder",
+__all__ = ["EncodedSnapshot", "EncodedTensor", "RowCopy", "SnapshotBaseError", "SnapshotChain", "SnapshotDecoder",
            "SnapshotEncoder", "chains_from_payloads", "chains_to_payloads", "decode_source", "payload_key",
            "resolve_snapshot_dtype"]
 
 SNAPSHOT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+_PLAIN_STREAMS = itertools.count()  # a stream of its own for every unencoded snapshot applied
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -265,54 +268,149 @@ class SnapshotEncoder:
         return snap
 
 
+@dataclass(frozen=True)
+class RowCopy:
+    """Rows of one tensor the decoder keeps from one source actor rank.
+
+    Rows ``[source_row, source_row + rows)`` of the source's shard of tensor ``tensor`` are
+    rows ``[target_row, target_row + rows)`` of the kept shard (dim 0; a 0-d tensor is one row).
+    """
+
+    tensor: int
+    source_row: int
+    target_row: int
+    rows: int
+
+
+def _rows(shape: torch.Size) -> tuple[int, int]:
+    """(rows, elements per row) of a tensor of ``shape`` (a 0-d tensor: one row of one element)."""
+    return (shape[0], shape[1:].numel()) if len(shape) else (1, 1)
+
+
 class SnapshotDecoder:
-    """Anchor side: per source actor rank, the last decoded snapshot; applies payloads to it.
+    """Anchor side: the anchor rank's own shards, kept once, patched by each source's payloads.
+
+    Per source actor rank the decoder remembers the snapshot it applied last (stream, id):
+    a payload is applied when it is a keyframe, is that snapshot (no-op), or is a delta
+    against it (see the module docstring); only the source's rows in the plan are written.
+    The kept shards are the only state: one copy of the anchor rank's own shards in the
+    snapshot dtype, whatever the number of sources (:meth:`nbytes`).
+
+    Args:
+        target_shapes: the anchor rank's local shard shapes, module order (with ``plan``).
+        plan: source actor rank -> the :class:`RowCopy` s of its shards that make up the kept
+            shards (:func:`~verl_commeff.anchor.reshard.snapshot_plan` for an anchor smaller
+            than the actor). None: one source, kept whole (an anchor rank with the actor
+            rank's layout); its layout is taken from its first keyframe.
 
     Returned shard lists are the decoder's own state: copy from them (``load_local_shards``
     does), do not modify them.
     """
 
-    def __init__(self):
-        self._state: dict[int, tuple[str, int, list[torch.Tensor]]] = {}  # source -> (stream, id, shards)
+    def __init__(self, target_shapes: Optional[Sequence[Sequence[int]]] = None,
+                 plan: Optional[dict[int, list[RowCopy]]] = None):
+        if (target_shapes is None) != (plan is None):
+            raise ValueError("SnapshotDecoder: give both target_shapes and plan, or neither")
+        self.target_shapes = None if target_shapes is None else [torch.Size(t) for t in target_shapes]
+        self.plan = plan
+        self._whole = False  # no plan given: one source's whole shards (the plan made at its first payload)
+        self._held: dict[int, tuple[str, int]] = {}  # source -> (stream, id) applied last
+        self._shards: Optional[list[torch.Tensor]] = None  # the kept shards (target layout, snapshot dtype)
+
+    @property
+    def sources(self) -> list[int]:
+        """The source actor ranks the kept shards are made of (empty until known without a plan)."""
+        return sorted(self.plan) if self.plan is not None else sorted(self._held)
 
     def held(self, source: int) -> Optional[tuple[str, int]]:
-        """(stream, snapshot id) held for actor rank ``source``, or None."""
-        state = self._state.get(source)
-        return None if state is None else state[:2]
+        """(stream, snapshot id) applied last from actor rank ``source``, or None."""
+        return self._held.get(source)
+
+    def nbytes(self) -> int:
+        """Bytes of the decoder's state: the kept shards."""
+        return sum(t.numel() * t.element_size() for t in self._shards or [])
 
     def decode(self, snap: EncodedSnapshot, source: int = 0) -> list[torch.Tensor]:
-        """The shards of ``snap`` (from actor rank ``source``), bit-identical to what was encoded.
+        """Apply ``snap`` (from actor rank ``source``) and return the kept shards, bit-identical to
+        the rows of what was encoded.
 
         Raises:
             SnapshotBaseError: ``snap`` is a delta against a snapshot this decoder does not hold.
+            ValueError: a source outside the plan, a second source without a plan, or a layout
+                that does not match the plan.
         """
-        state = self._state.get(source)
-        if state is not None and (state[0], state[1]) == (snap.stream, snap.snapshot_id):
-            return state[2]  # the snapshot already held (another fire on the same weights)
-        if snap.is_keyframe:
-            shards = [enc.dense.clone() for enc in snap.tensors]  # own, writable copies
-        else:
-            held = None if state is None else f"snapshot {state[1]} of stream {state[0]}"
-            if state is None or (state[0], state[1]) != (snap.stream, snap.base_id):
-                raise SnapshotBaseError(
-                    f"actor rank {source}: snapshot {snap.snapshot_id} of stream {snap.stream} is a delta against "
-                    f"snapshot {snap.base_id}, but this anchor holds {held or 'no snapshot'}; a restarted anchor "
-                    "needs the chain from a keyframe (SnapshotChain) or a keyframe")
-            shards = state[2]
-            if len(shards) != len(snap.tensors):
-                raise SnapshotBaseError(f"actor rank {source}: snapshot {snap.snapshot_id} has {len(snap.tensors)} "
-                                        f"tensors, its base has {len(shards)}")
-            for i, enc in enumerate(snap.tensors):
-                if enc.is_delta:
-                    flat = _bits(shards[i]).view(-1)  # (n,) integer view of the held tensor, written in place
-                    flat.masked_scatter_(unpack_bool(enc.mask, flat.numel()), _bits(enc.values))
-                else:
-                    shards[i] = enc.dense.clone()
-        self._state[source] = (snap.stream, snap.snapshot_id, shards)
-        return shards
+        held = self._held.get(source)
+        if held == (snap.stream, snap.snapshot_id):
+            return self._shards  # the snapshot already applied (another fire on the same weights)
+        if not snap.is_keyframe and held != (snap.stream, snap.base_id):
+            have = "no snapshot" if held is None else f"snapshot {held[1]} of stream {held[0]}"
+            raise SnapshotBaseError(
+                f"actor rank {source}: snapshot {snap.snapshot_id} of stream {snap.stream} is a delta against "
+                f"snapshot {snap.base_id}, but this anchor holds {have}; a restarted anchor "
+                "needs the chain from a keyframe (SnapshotChain) or a keyframe")
+        copies = self._copies(snap, source)
+        if self._shards is None:  # the first payload: the kept shards, in the payload's dtypes
+            self._shards = [torch.empty(shape, dtype=enc.dense.dtype if enc.dense is not None else enc.values.dtype)
+                            for shape, enc in zip(self.target_shapes, snap.tensors)]
+        by_tensor: dict[int, list[RowCopy]] = {}
+        for c in copies:
+            by_tensor.setdefault(c.tensor, []).append(c)
+        for i, tensor_copies in by_tensor.items():
+            self._apply(snap.tensors[i], self._shards[i], tensor_copies)
+        self._held[source] = (snap.stream, snap.snapshot_id)
+        return self._shards
+
+    def _copies(self, snap: EncodedSnapshot, source: int) -> list[RowCopy]:
+        """The plan's row copies for ``source``, checked against ``snap``'s layout."""
+        if self.plan is None:  # one source, whole: the plan is the identity of its first payload
+            self.target_shapes = [enc.shape for enc in snap.tensors]
+            self.plan = {source: [RowCopy(i, 0, 0, _rows(shape)[0]) for i, shape in enumerate(self.target_shapes)]}
+            self._whole = True
+        if source not in self.plan:
+            if self._whole:
+                raise ValueError(f"a SnapshotDecoder without a plan keeps one actor rank's shards: it holds actor rank "
+                                 f"{self.sources[0]}'s, got actor rank {source}'s (give it a plan, or one decoder per rank)")
+            raise ValueError(f"actor rank {source} is not a source of this anchor rank's shards (sources: {self.sources})")
+        if len(snap.tensors) != len(self.target_shapes):
+            raise SnapshotBaseError(f"actor rank {source}: snapshot {snap.snapshot_id} has {len(snap.tensors)} "
+                                    f"tensors, the anchor's shards are {len(self.target_shapes)}")
+        for c in self.plan[source]:
+            rows, per_row = _rows(snap.tensors[c.tensor].shape)
+            if c.source_row + c.rows > rows or per_row != _rows(self.target_shapes[c.tensor])[1]:
+                raise ValueError(f"actor rank {source}: tensor {c.tensor} of shape {tuple(snap.tensors[c.tensor].shape)} "
+                                 f"does not hold rows [{c.source_row}, {c.source_row + c.rows}) of the anchor's shard "
+                                 f"{tuple(self.target_shapes[c.tensor])}: the actor's layout changed")
+        return self.plan[source]
+
+    @staticmethod
+    def _apply(enc: EncodedTensor, kept: torch.Tensor, copies: Sequence[RowCopy]) -> None:
+        """Write ``enc``'s rows named by ``copies`` into ``kept`` (bit patterns, in place).
+
+        Steps:
+            1. Dense: copy the rows.
+            2. Delta: unpack the changed mask once; for each row range the changed values are
+               a contiguous run of ``values``, starting after the changes before the range
+               (counted on the mask); scatter them where the range's mask is set.
+        """
+        per_row = _rows(enc.shape)[1]
+        target = _bits(kept).view(-1)  # (numel,) integer view, written in place
+        # Step 1: dense.
+        if not enc.is_delta:
+            source = _bits(enc.dense).reshape(-1)
+            for c in copies:
+                target[c.target_row * per_row:(c.target_row + c.rows) * per_row].copy_(
+                    source[c.source_row * per_row:(c.source_row + c.rows) * per_row])
+            return
+        # Step 2: delta.
+        mask = unpack_bool(enc.mask, enc.shape.numel())  # (n,) bool
+        values = _bits(enc.values)  # (changed,)
+        for c in copies:
+            lo, hi = c.source_row * per_row, (c.source_row + c.rows) * per_row
+            before = int(torch.count_nonzero(mask[:lo])) if lo else 0  # the anchor reads on the host, once per range
+            target[c.target_row * per_row:c.target_row * per_row + hi - lo].masked_scatter_(mask[lo:hi], values[before:])
 
     def decode_chain(self, chain: Sequence[EncodedSnapshot], source: int = 0) -> list[torch.Tensor]:
-        """Apply ``chain`` (oldest first; a keyframe, then deltas) and return its last snapshot's shards."""
+        """Apply ``chain`` (oldest first; a keyframe, then deltas) and return the kept shards."""
         if not chain:
             raise ValueError("empty snapshot chain")
         out = None
@@ -323,18 +421,20 @@ class SnapshotDecoder:
 
 def decode_source(decoder: SnapshotDecoder, entry: Any, source: int,
                   resolve: Callable[[Any], Any]) -> list[torch.Tensor]:
-    """Actor rank ``source``'s shards from one entry of ``anchor_fire``'s ``snapshot`` argument.
+    """Apply one entry of ``anchor_fire``'s ``snapshot`` argument (actor rank ``source``'s) to
+    ``decoder`` and return its kept shards.
 
     ``entry`` is an :class:`EncodedSnapshot`, a chain of them (list, oldest first: after an
-    anchor restart or resume), or plain shards (list of tensors: an unencoded snapshot), each
-    possibly a Ray ObjectRef that ``resolve`` fetches.
+    anchor restart or resume), or plain shards (list of tensors: an unencoded snapshot, applied
+    as a keyframe), each possibly a Ray ObjectRef that ``resolve`` fetches.
     """
     entry = resolve(entry)
     if isinstance(entry, EncodedSnapshot):
         return decoder.decode(entry, source)
     items = list(entry)
-    if items and all(isinstance(t, torch.Tensor) for t in items):
-        return items  # plain shards
+    if items and all(isinstance(t, torch.Tensor) for t in items):  # plain shards: a keyframe of its own
+        plain = EncodedSnapshot(f"plain:{next(_PLAIN_STREAMS)}", 1, None, [EncodedTensor(t.shape, dense=t) for t in items])
+        return decoder.decode(plain, source)
     return decoder.decode_chain([resolve(x) for x in items], source)
 
 

@@ -28,8 +28,10 @@ rank r holds; a smaller anchor group (A < N ranks, FSDP2) reshards by rows
    (:class:`~verl_commeff.anchor.reshard.RoutedResults`).
 
 The anchor's own state (M̄'s EMA and the codec's Q) is checkpointed by the trainer through
-:meth:`AnchorWorker.anchor_state_dict` / :meth:`AnchorWorker.anchor_load_state_dict`; a
-restarted anchor group takes the actor's newest Q with :meth:`AnchorWorker.anchor_adopt_basis`.
+:meth:`AnchorWorker.anchor_state_dict` / :meth:`AnchorWorker.anchor_load_state_dict`, and backed
+up after every fire with ``sync=free`` (:meth:`AnchorWorker.anchor_state_backup`) so a
+restarted anchor group continues from it; without a backup it takes the actor's newest Q with
+:meth:`AnchorWorker.anchor_adopt_basis` and an empty EMA.
 """
 
 from __future__ import annotations
@@ -95,6 +97,13 @@ class AnchorWorker(ActorRolloutRefWorker):
             targets=select_targets(engine.module, cfg.anchor.targets),
         )
         self._anchor.reshard = _reshard_plan(self, actor_world)
+        if self._anchor.reshard is not None:  # the decoder keeps only this rank's rows of the actor ranks' shards
+            from verl_commeff.anchor.reshard import snapshot_plan
+            from verl_commeff.anchor.snapshot_delta import SnapshotDecoder
+
+            reshard = self._anchor.reshard
+            self._anchor.decoder = SnapshotDecoder(*snapshot_plan(reshard.shapes, reshard.actor, reshard.anchor,
+                                                                  self.rank))
         if self._anchor.offload:
             engine.to("cpu", model=True, optimizer=True, grad=True)  # idle until the first fire
 
@@ -190,6 +199,13 @@ class AnchorWorker(ActorRolloutRefWorker):
         # host copies: the trainer's process that saves them may have no device
         return tree_map_only(torch.Tensor, lambda t: t.detach().to("cpu", copy=True), out)
 
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL, blocking=False)
+    def anchor_state_backup(self) -> dict[str, Any]:
+        """:meth:`anchor_state_dict`, non-blocking: the driver queues it after each fire (``sync=free``
+        with restarts) and keeps the futures. Their values are owned by the driver's process, so they
+        outlive this worker: a restarted group loads the EMA and Q of the last fire the actor consumed."""
+        return self.anchor_state_dict()
+
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def anchor_result_to_host(self, results: list) -> AnchorResult:
         """Host copy of this rank's result of a fire (``results[r]``: a Ray ObjectRef), for a checkpoint.
@@ -257,7 +273,7 @@ class _AnchorState:
         from verl_commeff.anchor.snapshot_delta import SnapshotDecoder
         from verl_commeff.cpu_platform import is_cpu_platform
 
-        self.decoder = SnapshotDecoder()  # per actor rank, the last snapshot decoded (the deltas' base)
+        self.decoder = SnapshotDecoder()  # this rank's shards as last decoded (the deltas' base), kept once
 
         self.cfg, self.schedule, self.loss_fn, self.codec, self.ema, self.targets = (
             cfg, schedule, loss_fn, codec, ema, targets)
@@ -403,18 +419,14 @@ def _reshard_plan(worker: AnchorWorker, actor_world: Optional[int]) -> Optional[
 def _snapshot_shards(state: "_AnchorState", snapshot, rank: int) -> list:
     """This anchor rank's weight shards from the per-actor-rank snapshot entries.
 
-    Each actor rank's entry is decoded (bit-exact, against the base this rank's decoder keeps
-    for that actor rank); with A < N the anchor's shards are assembled from the decoded shards
-    of the actor ranks covering its rows (always the same ones, so each stream stays in order).
+    The decoder keeps one copy of this rank's shards, the deltas' base. Each needed actor
+    rank's entry (actor rank ``rank``'s with A = N; those covering its rows with A < N, always
+    the same ones, so each stream stays in order) is applied to its rows, bit-exactly; the
+    kept shards are returned (``load_local_shards`` copies from them).
     """
     from verl_commeff.anchor.snapshot_delta import decode_source
 
-    def fetch(r: int) -> list:
-        return decode_source(state.decoder, snapshot[r], r, resolve)
-
-    if state.reshard is None:
-        return fetch(rank)
-    from verl_commeff.anchor.reshard import assemble_local
-
-    reshard = state.reshard
-    return assemble_local(reshard.shapes, reshard.actor, fetch, reshard.anchor, rank)
+    shards = None
+    for source in ([rank] if state.reshard is None else state.decoder.sources):
+        shards = decode_source(state.decoder, snapshot[source], source, resolve)
+    return shards

@@ -24,6 +24,12 @@ only fire-paired mini-batches, and the trainer builds only those
 (:mod:`verl_commeff.ledger`) counts a fire's mini-batch bytes once per submission to the
 anchor group (what is put), whatever the number of anchor ranks reading it.
 
+With ``sync=free`` the anchor group can be restarted after a failure. So that its M̄ EMA
+survives, the driver queues a copy of the anchor's state after every fire (``backup``) and
+keeps the copies of the pending fires and of the two newest consumed ones; a restarted group
+loads the newest one older than every pending fire (:meth:`AnchorDriver.restore_points`) and
+reruns the pending fires on it.
+
 Snapshots are delta-encoded by the actors (:mod:`verl_commeff.anchor.snapshot_delta`): the
 ring keeps, for each snapshot, the chain of payloads from the last keyframe
 (:class:`~verl_commeff.anchor.snapshot_delta.SnapshotChain`); a running anchor gets only
@@ -98,6 +104,9 @@ class AnchorDriver:
             a ref every anchor rank reads); default: the mini-batch itself.
         keyframe_every: ask for a keyframe every this many snapshots
             (``commeff.anchor.snapshot_keyframe_every``; 1 = every snapshot dense).
+        backup: ``backup()`` queues a copy of the anchor's state (M̄ EMA and codec) after the fire
+            just submitted and returns its futures (``anchor_wg.anchor_state_backup``); None = no
+            backups. See :meth:`restore_points`.
     """
 
     def __init__(
@@ -108,6 +117,7 @@ class AnchorDriver:
         offer: Callable[[int, Sequence[Any]], None],
         put: Optional[Callable[[Any], Any]] = None,
         keyframe_every: int = 1,
+        backup: Optional[Callable[[], Sequence[Any]]] = None,
     ):
         self.schedule = schedule
         self.ring = ReplayRing(schedule)
@@ -124,6 +134,9 @@ class AnchorDriver:
         self.keyframe_every = keyframe_every
         self._chain: list[Any] = []  # per-rank snapshot objects since the last keyframe, oldest first
         self._keyframe_due = True  # the first snapshot, and the first after a restart or resume
+        self._backup = backup
+        self._backups: dict[int, Sequence[Any]] = {}  # fire tick -> futures of the anchor's state after it
+        self.last_fire = 0  # the newest fire submitted
 
     def _submit_fire(self, job, whole_chain: bool = False) -> Sequence[Any]:
         # one object for the whole group: every anchor rank reads the global mini-batch (and takes its share)
@@ -133,7 +146,11 @@ class AnchorDriver:
         snapshot = job.snapshot
         if isinstance(snapshot, SnapshotChain):  # a fresh anchor holds no base: the chain from the keyframe
             snapshot = snapshot.per_rank_chains() if whole_chain else snapshot.latest()
-        return self._submit(job.fire_tick, job.source_tick, self._puts[job.fire_tick], snapshot)
+        futures = self._submit(job.fire_tick, job.source_tick, self._puts[job.fire_tick], snapshot)
+        self.last_fire = max(self.last_fire, job.fire_tick)
+        if self._backup is not None:  # queued after the fire on every anchor rank
+            self._backups[job.fire_tick] = self._backup()
+        return futures
 
     def _snapshot(self) -> SnapshotChain:
         self.snapshots_taken += 1
@@ -189,7 +206,31 @@ class AnchorDriver:
             self._futures.pop(fire, None)
             self._puts.pop(fire, None)
             released.append(fire)
+        # backups: of every pending fire (each may become the newest consumed) and of the two newest
+        # consumed ones (the newest one's backup fails if the anchor died right after that fire)
+        pending = {job.fire_tick for job in self.ring.pending_jobs()}
+        consumed = sorted(f for f in self._backups if f not in pending)
+        for fire in consumed[:-2]:
+            del self._backups[fire]
         return released
+
+    def note_backup(self, fire: int, futures: Sequence[Any]) -> None:
+        """Record ``futures`` as the anchor's state after fire ``fire`` (a resume: the checkpoint's)."""
+        self._backups[fire] = futures
+
+    def restore_points(self) -> list[tuple[int, Sequence[Any]]]:
+        """Backups a restarted anchor can continue from, newest first: (fire, futures of each rank's state).
+
+        Each is the anchor's state after a fire older than every pending fire (the pending ones run
+        again on the new group, so the state must not include them). Its M̄ EMA is then the one the
+        uninterrupted anchor had, and the rerun fires fold into it as they would have. The newest is
+        normally the last fire the actor consumed; the next is a fallback if that one's backup
+        failed (its worker died before writing it).
+        """
+        pending = {job.fire_tick for job in self.ring.pending_jobs()}
+        oldest = min(pending, default=None)
+        return [(fire, self._backups[fire]) for fire in sorted(self._backups, reverse=True)
+                if fire not in pending and (oldest is None or fire < oldest)]
 
     def pending_futures(self) -> dict[int, Sequence[Any]]:
         """The futures of every submitted fire the actor has not taken yet, by fire tick."""
@@ -244,7 +285,7 @@ class AnchorDriver:
                 (:func:`~verl_commeff.anchor.snapshot_delta.chains_to_payloads`). None: the chains as they are.
         """
         state = {"ring": self.ring.state_dict(), "fires_submitted": self.fires_submitted,
-                 "snapshots_taken": self.snapshots_taken}
+                 "snapshots_taken": self.snapshots_taken, "last_fire": self.last_fire}
         if fetch is not None:
             state["ring"]["snapshots"], state["snapshot_payloads"] = chains_to_payloads(
                 state["ring"]["snapshots"], fetch)
@@ -268,5 +309,7 @@ class AnchorDriver:
         self.ring.load_state_dict(ring)
         self.fires_submitted = state["fires_submitted"]
         self.snapshots_taken = state["snapshots_taken"]
+        self.last_fire = state.get("last_fire", 0)
+        self._backups = {}  # of the last run's anchor: a resume notes the checkpoint's state (note_backup)
         self._chain = []  # the resumed actors' encoders are fresh: the next snapshot is a keyframe
         self.request_keyframe()

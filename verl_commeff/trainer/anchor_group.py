@@ -16,12 +16,14 @@ worker holds ``1/max_colocate_count`` of it, so the one-CPU lookup task can neve
 placed and the colocated group waited forever (issue 10, item 1). The lookup only binds
 a socket to find a free port, so it needs no reserved CPU on any platform.
 
-:func:`restart_anchor_group` replaces a failed group (``sync=free``, ``anchor.max_restarts``).
+:func:`restart_anchor_group` replaces a failed group (``sync=free``, ``anchor.max_restarts``),
+continuing the old group's M̄ EMA and Q from the driver's backups.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import logging
+from typing import Any, Callable, Optional, Sequence
 
 import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -29,6 +31,8 @@ from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, Ra
 from verl.single_controller.ray.base import get_master_addr_port
 
 import verl_commeff.config as commeff_config  # a module reference: the plugin may load this while config is mid-import
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["AnchorWorkerGroup", "anchor_resource_pool", "build_anchor_group", "ensure_pool_fits", "restart_anchor_group"]
 
@@ -142,27 +146,43 @@ def build_anchor_group(pool: RayResourcePool, actor_config: Any, commeff_cfg: An
     return wg
 
 
-def restart_anchor_group(old: RayWorkerGroup, rebuild: Callable[[], RayWorkerGroup], actor_wg: Any) -> RayWorkerGroup:
-    """Replace a failed anchor group with a fresh one that sketches against the actor's Q.
+def restart_anchor_group(old: RayWorkerGroup, rebuild: Callable[[], RayWorkerGroup], actor_wg: Any,
+                         restore_points: Sequence[tuple[int, Sequence[Any]]] = ()) -> tuple[RayWorkerGroup, Optional[int]]:
+    """Replace a failed anchor group with a fresh one that continues the old one's M̄ EMA and Q.
 
     Steps:
         1. Kill the old group's workers (the dead ones are gone; live ones give their
            resources back).
         2. Build the new group (``rebuild``: :func:`build_anchor_group` with a new name prefix).
-        3. Make the actor's newest Q the new anchor's live Q (``q_source=anchor``: the next
-           sketch must start from the basis the actor holds, not the bootstrap one). Its M̄
-           EMA starts empty: the first fire after the restart sets M̄ = M.
+        3. Load the newest restore point whose backup every rank can read
+           (:meth:`~verl_commeff.trainer.anchor_driver.AnchorDriver.restore_points`: the old
+           anchor's state after a fire, Ray objects owned by the trainer, which outlive the old
+           workers): M̄'s EMA and count and the codec's Q continue from there.
+        4. Without one (no backup, or none readable), the actor's newest Q becomes the new
+           anchor's live Q (``q_source=anchor``: the next sketch must start from the basis the
+           actor holds, not the bootstrap one) and the EMA starts empty: the first fire after
+           the restart sets M̄ = M.
 
     Returns:
-        The new group; the caller resubmits the pending fires to it.
+        (the new group, the fire whose state it continues from or None); the caller resubmits
+        the pending fires to it.
     """
     # Step 1: the old workers go.
     for worker in old.workers:
         ray.kill(worker, no_restart=True)
     # Step 2: a new group.
     new = rebuild()
-    # Step 3: the actor's newest Q.
+    # Step 3: the old anchor's state after the newest fire it can continue from.
+    for fire, futures in restore_points:
+        try:
+            new.anchor_load_state_dict(list(futures))  # each rank reads its own; a lost one raises before loading
+        except ray.exceptions.RayError as error:
+            logger.warning("commeff: the anchor's state backup after fire %d is unreadable (%s); trying an older one",
+                           fire, type(error).__name__)
+            continue
+        return new, fire
+    # Step 4: no backup: the actor's newest Q, an empty EMA.
     bases = actor_wg.commeff_newest_basis()[0]
     if bases is not None:
         new.anchor_adopt_basis(bases)
-    return new
+    return new, None

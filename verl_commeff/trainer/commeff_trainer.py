@@ -142,10 +142,17 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
                 offer=self.actor_rollout_wg.commeff_offer,
                 put=ray.put,  # each fire's mini-batch: one object the whole anchor group reads
                 keyframe_every=self.commeff_cfg.anchor.snapshot_keyframe_every,
+                # sync=free restarts a failed group: back up the anchor's state after each fire so the
+                # new group continues its M̄ EMA (on the anchor's host, owned by this process)
+                backup=(lambda: self.anchor_wg.anchor_state_backup()) if self._anchor_restartable() else None,
             )
             if self._commeff_resume is not None:
                 self.anchor_driver.load_state_dict(self._commeff_resume, put=ray.put)  # each payload put once
                 self.anchor_driver.resubmit_pending(self._restore_anchor(self._anchor_resume))
+
+    def _anchor_restartable(self) -> bool:
+        anchor = self.commeff_cfg.anchor
+        return anchor.sync == "free" and anchor.max_restarts > 0
 
     def _build_anchor_group(self, name_prefix: str = "commeff_anchor") -> RayWorkerGroup:
         if self._anchor_pool is None:  # a restarted group reuses the pool: its bundles are free again
@@ -161,7 +168,10 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
         """Load the anchor's checkpointed state; the drained results of its pending fires, as futures."""
         if not saved or saved.get("states") is None:
             return {}  # a checkpoint without the anchor's state: every pending fire runs again
-        self.anchor_wg.anchor_load_state_dict([ray.put(s) for s in saved["states"]])
+        states = [ray.put(s) for s in saved["states"]]
+        self.anchor_wg.anchor_load_state_dict(states)
+        if self._anchor_restartable():  # the state after the last fire submitted: a restart's fallback
+            self.anchor_driver.note_backup(self.anchor_driver.last_fire, states)
         return {fire: [ray.put(r) for r in results] for fire, results in saved["results"].items()}
 
     def _check_anchor(self, metrics: dict) -> None:
@@ -184,11 +194,16 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
                        failed, self._anchor_restarts, limit)
         prefix = f"commeff_anchor_r{self._anchor_restarts}"
         try:
-            self.anchor_wg = restart_anchor_group(self.anchor_wg, lambda: self._build_anchor_group(prefix),
-                                                  self.actor_rollout_wg)
+            self.anchor_wg, restored = restart_anchor_group(
+                self.anchor_wg, lambda: self._build_anchor_group(prefix), self.actor_rollout_wg,
+                self.anchor_driver.restore_points())
         except Exception:
             logger.exception("commeff: the anchor group could not be restarted; the actor continues on the held M̄")
             return
+        if restored is None:
+            logger.warning("commeff: the restarted anchor group starts with an empty M̄ EMA (no readable backup)")
+        else:
+            logger.warning("commeff: the restarted anchor group continues the M̄ EMA and Q of fire %d", restored)
         self.anchor_driver.resubmit_pending()
         metrics["commeff/anchor/restarts"] = float(self._anchor_restarts)
 
