@@ -314,12 +314,11 @@ class _FreeRun:
         self.group = 0  # the anchor group of the moment (a restart makes a new one)
         self.driver = AnchorDriver(self.state.schedule, lambda keyframe=False: "snapshot", self.submit,
                                    lambda fire, futures: self.state.offer(futures[0]),
-                                   backup=lambda: [("state after fire", self.submitted, "group", self.group)])
+                                   backup=lambda fire: [("state after fire", fire, "group", self.group)])
 
     def submit(self, fire, source, minibatch, snapshot):
         shapes = [p.shape for _, p in self.state.targets]
         result = AnchorResult(fire, source, [torch.full(s, float(fire)) for s in shapes])
-        self.submitted = fire
         self.fires[fire] = _Fire(result, "computing" if fire == self.late else "done")
         return [self.fires[fire]]
 

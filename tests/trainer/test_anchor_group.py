@@ -89,7 +89,7 @@ def test_colocated_anchor_builds_in_the_actors_bundles_survives_death_and_restar
     def fire(group, tick, keyframe=False):
         snapshot = actor.commeff_snapshot(keyframe=keyframe)
         refs = group.anchor_fire(tick, tick, _minibatch(make_ppo_batch(seed=tick)), snapshot)
-        backups[tick] = group.anchor_state_backup()  # queued after the fire, as the driver does (sync=free)
+        backups[tick] = group.anchor_state_backup(tick)  # the state after the fire, as the driver asks (sync=free)
         ray.wait(refs, num_returns=len(refs))  # finished (or failed) before the actor polls: free mode never waits
         actor.commeff_offer(tick, refs)
         return _update(actor, tick)

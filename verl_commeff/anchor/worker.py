@@ -36,6 +36,7 @@ restarted anchor group continues from it; without a backup it takes the actor's 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from typing import Any, Optional
@@ -51,7 +52,9 @@ from verl_commeff.mergers.grad_layout import local_view
 from verl_commeff.workers.actor_state import AnchorResult, select_targets
 from verl_commeff.workers.weight_shards import load_local_shards, resolve
 
-__all__ = ["AnchorWorker"]
+__all__ = ["AnchorWorker", "backs_up_state"]
+
+_BACKUP_POLL_S = 0.01  # anchor_state_backup: how often it looks for its fire's state copy
 
 
 class AnchorWorker(ActorRolloutRefWorker):
@@ -109,6 +112,19 @@ class AnchorWorker(ActorRolloutRefWorker):
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL, blocking=False)
     def anchor_fire(self, fire_tick: int, source_tick: int, minibatch, snapshot: list) -> AnchorResult:
+        """One fire on this rank (:meth:`_fire`); with state backups on, a host copy of the anchor's
+        state right after it is kept for :meth:`anchor_state_backup` (or the fire's failure noted)."""
+        state = self._require_setup()
+        try:
+            result = self._fire(fire_tick, source_tick, minibatch, snapshot)
+        except BaseException:
+            state.failed_fires.add(fire_tick)
+            raise
+        if backs_up_state(state.cfg.anchor):
+            state.backups[fire_tick] = self.anchor_state_dict()
+        return result
+
+    def _fire(self, fire_tick: int, source_tick: int, minibatch, snapshot: list) -> AnchorResult:
         """One fire on this rank; see the module docstring for the steps.
 
         Args:
@@ -200,11 +216,25 @@ class AnchorWorker(ActorRolloutRefWorker):
         return tree_map_only(torch.Tensor, lambda t: t.detach().to("cpu", copy=True), out)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL, blocking=False)
-    def anchor_state_backup(self) -> dict[str, Any]:
-        """:meth:`anchor_state_dict`, non-blocking: the driver queues it after each fire (``sync=free``
-        with restarts) and keeps the futures. Their values are owned by the driver's process, so they
-        outlive this worker: a restarted group loads the EMA and Q of the last fire the actor consumed."""
-        return self.anchor_state_dict()
+    async def anchor_state_backup(self, fire_tick: int) -> dict[str, Any]:
+        """This rank's :meth:`anchor_state_dict` right after fire ``fire_tick`` (``sync=free`` with restarts).
+
+        The driver calls it after submitting the fire and keeps the futures: their values are owned
+        by the driver's process, so they outlive this worker, and a restarted group continues from
+        them. Ray does not keep an async actor's calls in submission order (this worker is one:
+        verl's ``update_weights`` is async), so the state is copied by the fire itself and this
+        waits for that copy (the event loop runs the fire meanwhile).
+
+        Raises:
+            RuntimeError: the fire failed on this rank (there is no state after it).
+        """
+        state = self._require_setup()
+        while fire_tick not in state.backups:
+            if fire_tick in state.failed_fires:
+                state.failed_fires.discard(fire_tick)
+                raise RuntimeError(f"anchor fire {fire_tick} failed on rank {self.rank}: no state to back up")
+            await asyncio.sleep(_BACKUP_POLL_S)
+        return state.backups.pop(fire_tick)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def anchor_result_to_host(self, results: list) -> AnchorResult:
@@ -280,6 +310,14 @@ class _AnchorState:
         # host memory is the device on the CPU platform: nothing to offload there
         self.offload = cfg.anchor.placement == "colocated" and not is_cpu_platform()
         self.reshard: Optional["_Reshard"] = None  # set when the actor has more ranks than the anchor
+        self.backups: dict[int, dict] = {}  # fire tick -> host copy of the state after it, until backed up
+        self.failed_fires: set[int] = set()  # fires that raised here, until their backup call is told
+
+
+def backs_up_state(anchor_cfg) -> bool:
+    """Whether the anchor's state is backed up after every fire: a restartable group (``sync=free``
+    with ``max_restarts`` >= 1) continues its M̄ EMA and Q from the backup."""
+    return anchor_cfg.sync == "free" and anchor_cfg.max_restarts > 0
 
 
 def _local(p: torch.nn.Parameter) -> torch.Tensor:

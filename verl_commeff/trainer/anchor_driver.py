@@ -104,9 +104,9 @@ class AnchorDriver:
             a ref every anchor rank reads); default: the mini-batch itself.
         keyframe_every: ask for a keyframe every this many snapshots
             (``commeff.anchor.snapshot_keyframe_every``; 1 = every snapshot dense).
-        backup: ``backup()`` queues a copy of the anchor's state (M̄ EMA and codec) after the fire
-            just submitted and returns its futures (``anchor_wg.anchor_state_backup``); None = no
-            backups. See :meth:`restore_points`.
+        backup: ``backup(fire_tick)`` asks for a copy of the anchor's state (M̄ EMA and codec) right
+            after fire ``fire_tick``, just submitted, and returns its futures
+            (``anchor_wg.anchor_state_backup``); None = no backups. See :meth:`restore_points`.
     """
 
     def __init__(
@@ -117,7 +117,7 @@ class AnchorDriver:
         offer: Callable[[int, Sequence[Any]], None],
         put: Optional[Callable[[Any], Any]] = None,
         keyframe_every: int = 1,
-        backup: Optional[Callable[[], Sequence[Any]]] = None,
+        backup: Optional[Callable[[int], Sequence[Any]]] = None,
     ):
         self.schedule = schedule
         self.ring = ReplayRing(schedule)
@@ -148,8 +148,8 @@ class AnchorDriver:
             snapshot = snapshot.per_rank_chains() if whole_chain else snapshot.latest()
         futures = self._submit(job.fire_tick, job.source_tick, self._puts[job.fire_tick], snapshot)
         self.last_fire = max(self.last_fire, job.fire_tick)
-        if self._backup is not None:  # queued after the fire on every anchor rank
-            self._backups[job.fire_tick] = self._backup()
+        if self._backup is not None:  # the state right after the fire, on every anchor rank
+            self._backups[job.fire_tick] = self._backup(job.fire_tick)
         return futures
 
     def _snapshot(self) -> SnapshotChain:

@@ -144,15 +144,16 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
                 keyframe_every=self.commeff_cfg.anchor.snapshot_keyframe_every,
                 # sync=free restarts a failed group: back up the anchor's state after each fire so the
                 # new group continues its M̄ EMA (on the anchor's host, owned by this process)
-                backup=(lambda: self.anchor_wg.anchor_state_backup()) if self._anchor_restartable() else None,
+                backup=(lambda fire: self.anchor_wg.anchor_state_backup(fire)) if self._anchor_restartable() else None,
             )
             if self._commeff_resume is not None:
                 self.anchor_driver.load_state_dict(self._commeff_resume, put=ray.put)  # each payload put once
                 self.anchor_driver.resubmit_pending(self._restore_anchor(self._anchor_resume))
 
     def _anchor_restartable(self) -> bool:
-        anchor = self.commeff_cfg.anchor
-        return anchor.sync == "free" and anchor.max_restarts > 0
+        from verl_commeff.anchor.worker import backs_up_state
+
+        return backs_up_state(self.commeff_cfg.anchor)
 
     def _build_anchor_group(self, name_prefix: str = "commeff_anchor") -> RayWorkerGroup:
         if self._anchor_pool is None:  # a restarted group reuses the pool: its bundles are free again
