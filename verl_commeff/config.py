@@ -37,6 +37,8 @@ __all__ = [
     "to_commeff_config",
 ]
 
+DP_PARAMS = ("targets", "all_2d")  # commeff.dp_codec.params
+FACTOR_PRECISIONS = ("full", "bf16")  # commeff.dp_codec.factor_precision
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -269,11 +271,12 @@ class MergerConfig(BaseConfig):
 class DPCodecConfig(BaseConfig):
     """PowerSGD on the data-parallel gradient across HSDP replicas (SPEC §5), torch's knobs.
 
-    The matrices named by ``commeff.anchor.targets`` are exchanged between replicas as
-    low-rank factors (P = G·Q, Q = Gᵀ·P̂, per row shard); every other gradient, and every
-    gradient before ``start_iter``, is all-reduced densely across replicas. Inside a replica
-    FSDP2's dense reduce-scatter is unchanged. With one replica the same maths runs on the
-    already-reduced gradient (simulation: bytes are logical).
+    The matrices chosen by ``params`` are exchanged between replicas as low-rank factors
+    (P = G·Q, Q = Gᵀ·P̂, per row shard); every other gradient (1-D parameters, and with
+    ``params=targets`` the non-target matrices), and every gradient before ``start_iter``,
+    is all-reduced densely in its own dtype. Inside a replica FSDP2's dense reduce-scatter
+    is unchanged. With one replica the same maths runs on the already-reduced gradient
+    (simulation: bytes are logical).
 
     Args:
         enable: exchange the actor's gradient across replicas with PowerSGD.
@@ -288,6 +291,14 @@ class DPCodecConfig(BaseConfig):
         warm_start: reuse the previous step's Q (re-orthonormalised) instead of a fresh
             random Q every step (torch's default: on).
         seed: seed of the random Q initialisation (torch's ``random_seed``); ≥ 0.
+        params: which 2-D gradients go through PowerSGD: ``targets`` (the matrices named
+            by ``commeff.anchor.targets``) or ``all_2d`` (every 2-D parameter, the token
+            embedding and LM head included).
+        embedding_rank: r for the vocabulary-sized matrices (token embedding, LM head;
+            tied or not) when ``params=all_2d``; None = ``rank``; ≥ 1.
+        factor_precision: the dtype P and Q cross replicas in: ``full`` (the gradient's
+            own dtype, torch's hook) or ``bf16`` (the error-feedback memory absorbs the
+            rounding: Ĝ is rebuilt from the rounded factors on every replica).
     """
 
     enable: bool = False
@@ -297,6 +308,9 @@ class DPCodecConfig(BaseConfig):
     use_error_feedback: bool = True
     warm_start: bool = True
     seed: int = 0
+    params: str = "targets"
+    embedding_rank: Optional[int] = None
+    factor_precision: str = "full"
 
     def __post_init__(self):
         _check_bool("commeff.dp_codec.enable", self.enable)
@@ -307,6 +321,15 @@ class DPCodecConfig(BaseConfig):
         _check_bool("commeff.dp_codec.use_error_feedback", self.use_error_feedback)
         _check_bool("commeff.dp_codec.warm_start", self.warm_start)
         _check_int("commeff.dp_codec.seed", self.seed, 0)
+        _check_choice("commeff.dp_codec.params", self.params, DP_PARAMS)
+        if self.embedding_rank is not None:
+            _check_int("commeff.dp_codec.embedding_rank", self.embedding_rank, 1)
+            if self.params != "all_2d":
+                raise CommEffConfigError(
+                    f"commeff.dp_codec.embedding_rank={self.embedding_rank!r} needs commeff.dp_codec.params=all_2d "
+                    f"(with params={self.params!r} the embedding and LM head are exchanged densely)"
+                )
+        _check_choice("commeff.dp_codec.factor_precision", self.factor_precision, FACTOR_PRECISIONS)
 
 
 @dataclass
