@@ -39,6 +39,7 @@ __all__ = [
 
 DP_PARAMS = ("targets", "all_2d")  # commeff.dp_codec.params
 FACTOR_PRECISIONS = ("full", "bf16")  # commeff.dp_codec.factor_precision
+ORTHOGONALIZATIONS = ("qr", "cholesky_qr2")  # commeff.dp_codec.orthogonalization
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -299,6 +300,10 @@ class DPCodecConfig(BaseConfig):
         factor_precision: the dtype P and Q cross replicas in: ``full`` (the gradient's
             own dtype, torch's hook) or ``bf16`` (the error-feedback memory absorbs the
             rounding: Ĝ is rebuilt from the rounded factors on every replica).
+        orthogonalization: how P and the warm-started Q are orthonormalised: ``qr``
+            (``torch.linalg.qr``, torch's hook) or ``cholesky_qr2`` (two CholeskyQR passes
+            in float64: the same column space, a fixed number of batched kernels per shape
+            group where a GPU's batched QR factors matrix by matrix).
     """
 
     enable: bool = False
@@ -311,6 +316,7 @@ class DPCodecConfig(BaseConfig):
     params: str = "targets"
     embedding_rank: Optional[int] = None
     factor_precision: str = "full"
+    orthogonalization: str = "qr"
 
     def __post_init__(self):
         _check_bool("commeff.dp_codec.enable", self.enable)
@@ -330,6 +336,7 @@ class DPCodecConfig(BaseConfig):
                     f"(with params={self.params!r} the embedding and LM head are exchanged densely)"
                 )
         _check_choice("commeff.dp_codec.factor_precision", self.factor_precision, FACTOR_PRECISIONS)
+        _check_choice("commeff.dp_codec.orthogonalization", self.orthogonalization, ORTHOGONALIZATIONS)
 
 
 @dataclass

@@ -42,7 +42,7 @@ import torch
 from verl_commeff.dp_codec.state import DPCodecState
 from verl_commeff.dp_codec.wire import ReplicaGroups, Wire
 
-__all__ = ["GradShard", "ReplicaGroups", "orthonormalize", "dp_exchange_"]
+__all__ = ["GradShard", "ReplicaGroups", "cholesky_qr2", "orthonormalize", "dp_exchange_"]
 
 
 @dataclass
@@ -90,20 +90,48 @@ class _ShapeGroup:
         return self.shards[0].grad.shape[0]
 
 
-def orthonormalize(p: torch.Tensor) -> torch.Tensor:
+def orthonormalize(p: torch.Tensor, method: str = "qr") -> torch.Tensor:
     """Orthonormal columns of each matrix of ``p`` (batch, n, r), as torch's hook makes them.
 
-    torch's ``_orthogonalize`` takes the Q factor of ``torch.linalg.qr`` for r > 2 and
-    Gram-Schmidt for r ≤ 2; Gram-Schmidt is the QR whose R has a non-negative diagonal,
-    so for r ≤ 2 the column signs are fixed that way. Half-precision input is factored in
-    fp32 (torch's QR has no half kernel) and returned in its own dtype.
+    ``qr``: torch's ``_orthogonalize`` takes the Q factor of ``torch.linalg.qr`` for r > 2
+    and Gram-Schmidt for r ≤ 2; Gram-Schmidt is the QR whose R has a non-negative
+    diagonal, so for r ≤ 2 the column signs are fixed that way. Half-precision input is
+    factored in fp32 (torch's QR has no half kernel) and returned in its own dtype.
+    ``cholesky_qr2``: :func:`cholesky_qr2` (the same column space).
     """
+    if method == "cholesky_qr2":
+        return cholesky_qr2(p)
     low_precision = p.dtype in (torch.float16, torch.bfloat16)  # no QR kernel: factor in fp32
     q, r = torch.linalg.qr(p.float() if low_precision else p)  # (batch, n, r), (batch, r, r)
     if p.shape[-1] <= 2:
         signs = torch.where(torch.diagonal(r, dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(q.dtype)  # (batch, r)
         q = q * signs.unsqueeze(-2)
     return q.to(p.dtype)
+
+
+def cholesky_qr2(p: torch.Tensor, shift: float = 1e-12) -> torch.Tensor:
+    """Orthonormal columns of each matrix of ``p`` (batch, n, r) by CholeskyQR, twice, in float64.
+
+    1. G = PᵀP (batch, r, r), shifted by ``shift``·trace(G) (+ the smallest float64) on its
+       diagonal so that it is positive definite even for a rank-deficient P;
+    2. L = cholesky(G) without an error check (no host sync);
+    3. P ← P·L⁻ᵀ (a triangular solve): orthonormal columns up to cond(P)²·ε;
+    4. once more from the result, which brings orthogonality to rounding (CholeskyQR2).
+
+    Every step is one batched kernel whatever the batch, where a GPU's batched
+    ``torch.linalg.qr`` of tall matrices factors them one at a time. The R of this QR has a
+    positive diagonal: the column signs are Gram-Schmidt's. A zero column stays zero (as
+    torch's Gram-Schmidt with its epsilon).
+    """
+    x = p.double()  # (batch, n, r)
+    tiny = torch.finfo(torch.float64).tiny
+    for _ in range(2):
+        gram = x.mT @ x  # (batch, r, r)
+        diagonal = gram.diagonal(dim1=-2, dim2=-1)  # (batch, r), a view
+        diagonal.add_(diagonal.sum(-1, keepdim=True) * shift + tiny)
+        chol, _ = torch.linalg.cholesky_ex(gram)  # (batch, r, r) lower
+        x = torch.linalg.solve_triangular(chol.mT, x, upper=True, left=False)  # x·L⁻ᵀ
+    return x.to(p.dtype)
 
 
 def _dense_exchange_(wire: Wire, dense: Sequence[GradShard], replicas: int) -> Optional[torch.Tensor]:
@@ -127,14 +155,14 @@ def _init_qs_(state: DPCodecState, groups: Sequence[_ShapeGroup]) -> None:
     if warm:
         for g in groups:
             g.q_prev = state.qs.get(g.names)  # (B, m, r)
-            g.q = orthonormalize(g.q_prev)
+            g.q = orthonormalize(g.q_prev, state.orthogonalization)
         return
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(state.rng.randint(1_000_000_000))  # one draw per exchange, as torch per bucket
         draws = [torch.stack([torch.randn(g.cols, g.rank, device="cpu", dtype=s.grad.dtype) for s in g.shards])
                  for g in groups]  # (B, m, r) each, drawn matrix by matrix
     for g, draw in zip(groups, draws):
-        g.q = orthonormalize(draw.to(g.shards[0].grad.device))
+        g.q = orthonormalize(draw.to(g.shards[0].grad.device), state.orthogonalization)
         g.q_prev = g.q  # a skipped first exchange leaves this start as the memory
 
 
@@ -229,7 +257,7 @@ def dp_exchange_(state: DPCodecState, shards: Sequence[GradShard], groups: Repli
         batch = len(g.shards)
         full = p.reshape(shards_n, batch, g.block, g.rank).transpose(0, 1).reshape(batch, -1, g.rank)[:, : g.rows]
         start = index * g.block
-        g.p_hat = orthonormalize(full)[:, start : start + g.local_rows]  # (B, rows, r)
+        g.p_hat = orthonormalize(full, state.orthogonalization)[:, start : start + g.local_rows]  # (B, rows, r)
 
     # Step 7: Q = Gᵀ·P̂ summed over shards and replicas, then the replica mean.
     q_sizes = [len(g.shards) * g.cols * g.rank for g in shape_groups]

@@ -194,6 +194,8 @@ class DPCodecState:
     9. ``factor_precision``: ``full`` (P and Q cross in the gradient's dtype: torch's
        hook) or ``bf16`` (rounded before each cross-replica sum; Ĝ is rebuilt from the
        rounded factors, so the error-feedback memory holds the rounding too).
+    10. ``orthogonalization``: ``qr`` (torch's) or ``cholesky_qr2`` (the same column space
+        from batched Gram / Cholesky / triangular-solve kernels, in float64).
 
     Internal state: ``rng``, the error memory (this rank's error shard per matrix,
     :attr:`error_dict`), the Q memory (Q, m × r, identical on every rank,
@@ -202,8 +204,8 @@ class DPCodecState:
     """
 
     KNOBS = ("rank", "start_iter", "min_compression_rate", "use_error_feedback", "warm_start", "seed",
-             "params", "embedding_rank", "factor_precision")
-    _V1_KNOB_DEFAULTS = ("targets", None, "full")  # checkpoints written before params/embedding_rank/precision
+             "params", "embedding_rank", "factor_precision", "orthogonalization")
+    _V1_KNOB_DEFAULTS = ("targets", None, "full", "qr")  # checkpoints written before the plugin's own knobs
 
     def __init__(
         self,
@@ -216,6 +218,7 @@ class DPCodecState:
         params: str = "targets",
         embedding_rank: Optional[int] = None,
         factor_precision: str = "full",
+        orthogonalization: str = "qr",
     ):
         from verl_commeff.config import DPCodecConfig
 
@@ -223,6 +226,7 @@ class DPCodecState:
             rank=rank, start_iter=start_iter, min_compression_rate=min_compression_rate,
             use_error_feedback=use_error_feedback, warm_start=warm_start, seed=seed,
             params=params, embedding_rank=embedding_rank, factor_precision=factor_precision,
+            orthogonalization=orthogonalization,
         )
         self.rank = rank
         self.start_iter = start_iter
@@ -233,6 +237,7 @@ class DPCodecState:
         self.params = params
         self.embedding_rank = embedding_rank
         self.factor_precision = factor_precision
+        self.orthogonalization = orthogonalization
         self.rng = np.random.RandomState(seed)
         self.errors = StackedMemory()
         self.qs = StackedMemory()
@@ -305,7 +310,7 @@ class DPCodecState:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output (also one written before the last three knobs existed).
+        """Restore :meth:`state_dict`'s output (also one written before the plugin's own knobs existed).
 
         Raises:
             ValueError: the checkpoint was written with different knobs.
