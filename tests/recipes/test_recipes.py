@@ -65,6 +65,19 @@ def test_dp_codec_knob_turns_on_powersgd_across_hsdp_replicas():
     assert bad.returncode == 2 and "DP_CODEC must be 0 or 1" in bad.stderr
 
 
+def test_dense_recipe_with_dp_codec_runs_only_the_dp_codec():
+    (overrides,) = _dry_run("gsm8k_grpo_dense.sh")
+    assert not _composed(overrides)[1].enable  # the plugin off: verl's stock actor
+    env = {"DP_CODEC": "1", "FSDP_SIZE": "2", "DP_PARAMS": "all_2d", "DP_RANK": "16", "DP_EMBED_RANK": "8",
+           "DP_PRECISION": "bf16", "SEED": "3"}
+    (overrides,) = _dry_run("gsm8k_grpo_dense.sh", env)
+    cfg, commeff = _composed(overrides)
+    assert commeff.enable and not commeff.codec.enable and not commeff.anchor.enable and commeff.merger.name == "none"
+    dp = commeff.dp_codec
+    assert dp.enable and (dp.params, dp.rank, dp.embedding_rank, dp.factor_precision, dp.seed) == ("all_2d", 16, 8, "bf16", 3)
+    assert cfg.trainer.experiment_name == "dense_dp_codec"
+
+
 def test_cpu_tiny_ngpus_knob_makes_two_replicas_with_a_mirrored_anchor():
     base = {"PRESET": "cpu_tiny", "PRESET_DIR": "/nonexistent"}  # dry run: the preset is not built
     (overrides,) = _dry_run("gsm8k_grpo_commeff.sh", base)
