@@ -224,14 +224,13 @@ def time_exchanges(config: dict, layers: int, rank: int, reps: int) -> dict[str,
     torch.set_num_threads(1)
     shapes, embeddings, targets, _ = model_shapes(config)
     kept = [(n, s) for n, s in shapes if ".layers." not in n or int(n.split(".layers.")[1].split(".")[0]) < layers]
-    base = _random(kept, seed=0)
     states = {"batched": DPCodecState(rank=rank, start_iter=0, params="all_2d"),
               "per-matrix": DPCodecState(rank=rank, start_iter=0, params="all_2d")}
     memory = PerMatrixMemory()
     times = {k: [] for k in states}
     for rep in range(reps + 1):  # the first round warms up (random Q, allocations)
         for path, state in states.items():
-            named = [(n, g.clone(), rows) for n, g, rows in base]
+            named = _random(kept, seed=rep)  # drawn afresh (untimed): one copy of the gradients in memory
             c0, w0 = time.process_time(), time.perf_counter()
             if path == "batched":
                 exchange_named_grads_(state, named, targets, embeddings, ReplicaGroups())
