@@ -174,6 +174,20 @@ def print_bytes(results: dict, layers: int, ranks: list[int]) -> None:
 
 
 # ---- 2. structure: ops and QRs per exchange on meta tensors ----------------------------------
+def exchange_on_one_process(path: str, state, memory, named, targets, embeddings) -> None:
+    """One exchange of ``named`` (name, grad, rows) on this process: ``batched`` or ``per-matrix``."""
+    from verl_commeff.dp_codec import ReplicaGroups, exchange_named_grads_
+    from verl_commeff.dp_codec.powersgd import GradShard
+
+    from tests.dp_codec.per_matrix_reference import per_matrix_exchange_
+
+    if path == "batched":
+        exchange_named_grads_(state, named, targets, embeddings, ReplicaGroups())
+    else:
+        shards = [GradShard(n, g, rows, compressible=g.dim() == 2, embedding=n in embeddings) for n, g, rows in named]
+        per_matrix_exchange_(state, memory, shards, ReplicaGroups())
+
+
 class _OpCounter(TorchDispatchMode):
     def __init__(self):
         super().__init__()
@@ -189,10 +203,9 @@ class _OpCounter(TorchDispatchMode):
 
 def count_ops(config: dict, rank: int) -> dict[str, tuple[int, int, int]]:
     """path → (aten ops, QR calls, matrices factored) of one warm-started exchange, meta tensors."""
-    from verl_commeff.dp_codec import DPCodecState, ReplicaGroups, exchange_named_grads_
-    from verl_commeff.dp_codec.powersgd import GradShard
+    from verl_commeff.dp_codec import DPCodecState
 
-    from tests.dp_codec.per_matrix_reference import PerMatrixMemory, per_matrix_exchange_
+    from tests.dp_codec.per_matrix_reference import PerMatrixMemory
 
     shapes, embeddings, targets, _ = model_shapes(config)
     out = {}
@@ -203,12 +216,7 @@ def count_ops(config: dict, rank: int) -> dict[str, tuple[int, int, int]]:
             named = _random(shapes, 0, device="meta")
             counter = _OpCounter()
             with counter:
-                if path == "batched":
-                    exchange_named_grads_(state, named, targets, embeddings, ReplicaGroups())
-                else:
-                    shards = [GradShard(n, g, rows, compressible=g.dim() == 2, embedding=n in embeddings)
-                              for n, g, rows in named]
-                    per_matrix_exchange_(state, memory, shards, ReplicaGroups())
+                exchange_on_one_process(path, state, memory, named, targets, embeddings)
         out[path] = (sum(counter.ops.values()), counter.ops["linalg_qr"], counter.qr_matrices)
     return out
 
@@ -216,10 +224,9 @@ def count_ops(config: dict, rank: int) -> dict[str, tuple[int, int, int]]:
 # ---- 3. CPU time, one process ----------------------------------------------------------------
 def time_exchanges(config: dict, layers: int, rank: int, reps: int) -> dict[str, list[tuple[float, float]]]:
     """path → [(CPU seconds, wall seconds)] per warm-started exchange, interleaved."""
-    from verl_commeff.dp_codec import DPCodecState, ReplicaGroups, exchange_named_grads_
-    from verl_commeff.dp_codec.powersgd import GradShard
+    from verl_commeff.dp_codec import DPCodecState
 
-    from tests.dp_codec.per_matrix_reference import PerMatrixMemory, per_matrix_exchange_
+    from tests.dp_codec.per_matrix_reference import PerMatrixMemory
 
     torch.set_num_threads(1)
     shapes, embeddings, targets, _ = model_shapes(config)
@@ -232,12 +239,7 @@ def time_exchanges(config: dict, layers: int, rank: int, reps: int) -> dict[str,
         for path, state in states.items():
             named = _random(kept, seed=rep)  # drawn afresh (untimed): one copy of the gradients in memory
             c0, w0 = time.process_time(), time.perf_counter()
-            if path == "batched":
-                exchange_named_grads_(state, named, targets, embeddings, ReplicaGroups())
-            else:
-                shards = [GradShard(n, g, rows, compressible=g.dim() == 2, embedding=n in embeddings)
-                          for n, g, rows in named]
-                per_matrix_exchange_(state, memory, shards, ReplicaGroups())
+            exchange_on_one_process(path, state, memory, named, targets, embeddings)
             if rep:
                 times[path].append((time.process_time() - c0, time.perf_counter() - w0))
             del named
