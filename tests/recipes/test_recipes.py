@@ -107,3 +107,26 @@ def test_decoupling_grid_refuses_an_unknown_cell():
     result = subprocess.run(["bash", str(RECIPES / "decoupling_grid.sh")], env={**os.environ, "DRY_RUN": "1",
                             "CELLS": "E"}, capture_output=True, text=True)
     assert result.returncode == 2 and "unknown cell 'E'" in result.stderr
+
+
+def test_dp_codec_study_runs_each_arm_per_seed_on_two_replicas(tmp_path):
+    env = {**os.environ, "DRY_RUN": "1", "REPORT": "0", "OUT": str(tmp_path), "ARMS": "dense a_r1_bf16", "SEEDS": "0 1"}
+    subprocess.run(["bash", str(RECIPES / "dp_codec_study.sh")], env=env, capture_output=True, text=True, check=True)
+    for seed in (0, 1):
+        runs = {}
+        for arm in ("dense", "a_r1_bf16"):
+            log = (tmp_path / f"{arm}_s{seed}.log").read_text().splitlines()
+            line = next(l for l in log if l.startswith("python3 -m verl_commeff.main"))  # not set -x traces
+            cmd = shlex.split(line.split("+ echo")[0])  # the trace of the recipe's echo shares the line
+            runs[arm] = _composed(cmd[cmd.index("verl_commeff.main") + 1 :])
+        dense_cfg, dense = runs["dense"]
+        cfg, commeff = runs["a_r1_bf16"]
+        assert not dense.enable and commeff.dp_codec.enable and not commeff.anchor.enable
+        dp = commeff.dp_codec
+        assert (dp.params, dp.rank, dp.factor_precision, dp.start_iter, dp.seed) == ("all_2d", 1, "bf16", 0, seed)
+        for c in (dense_cfg, cfg):
+            assert c.trainer.n_gpus_per_node == 2 and c.actor_rollout_ref.actor.fsdp_config.fsdp_size == 1
+            assert c.data.seed == 42 + seed and c.trainer.total_training_steps == 20 and c.trainer.test_freq == 5
+    bad = subprocess.run(["bash", str(RECIPES / "dp_codec_study.sh")], env={**env, "ARMS": "dense nope"},
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown arm 'nope'" in bad.stderr
