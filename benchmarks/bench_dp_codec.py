@@ -18,12 +18,13 @@ parameters), no download. Three parts:
    per replica link; a 2-replica ring all-reduce moves each rank's buffer once per
    direction).
 2. **Structure** (meta tensors, no memory): the aten ops dispatched and the QR calls (and the
-   matrices they factor) per warm-started exchange of the whole model, shape-batched vs the
-   per-matrix path it replaced (``tests/dp_codec/per_matrix_reference.py``). On a GPU every
-   op is at least one kernel launch.
+   matrices they factor) per warm-started exchange of the whole model, shape-batched (with
+   ``qr`` and with ``cholesky_qr2``) vs the per-matrix path it replaced
+   (``tests/dp_codec/per_matrix_reference.py``). On a GPU every op is at least one kernel
+   launch, and a batched QR of tall matrices is one cuSOLVER factorisation per matrix.
 3. **CPU time** per warm-started exchange, one process, one thread (the simulation path:
-   compute only, no collective), batched vs per-matrix on the same gradients in the same
-   process, interleaved: the vocabulary part plus ``--timing-layers`` decoder layers at
+   compute only, no collective), the three paths on the same gradients in the same process,
+   interleaved: the vocabulary part plus ``--timing-layers`` decoder layers at
    ``--timing-rank`` on every 2-D parameter, fp32.
 
 Usage: ``python benchmarks/bench_dp_codec.py [--ranks 4,8,16,32,64,77] [--timing-layers 4]``
@@ -56,6 +57,9 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 PRECISIONS = ("full", "bf16")
 PARAM_SETS = ("targets", "all_2d")
 TICKS_PER_STEP = 2  # the seed's surface: train batch 128, PPO mini-batch 64
+PATHS = {  # exchange path → commeff.dp_codec.orthogonalization (the per-matrix reference knows qr only)
+    "per-matrix": "qr", "batched": "qr", "batched, cholesky_qr2": "cholesky_qr2",
+}
 
 
 def model_shapes(config: dict) -> tuple[list[tuple[str, tuple[int, ...]]], set[str], set[str], int]:
@@ -175,13 +179,13 @@ def print_bytes(results: dict, layers: int, ranks: list[int]) -> None:
 
 # ---- 2. structure: ops and QRs per exchange on meta tensors ----------------------------------
 def exchange_on_one_process(path: str, state, memory, named, targets, embeddings) -> None:
-    """One exchange of ``named`` (name, grad, rows) on this process: ``batched`` or ``per-matrix``."""
+    """One exchange of ``named`` (name, grad, rows) on this process along ``path`` (:data:`PATHS`)."""
     from verl_commeff.dp_codec import ReplicaGroups, exchange_named_grads_
     from verl_commeff.dp_codec.powersgd import GradShard
 
     from tests.dp_codec.per_matrix_reference import per_matrix_exchange_
 
-    if path == "batched":
+    if path != "per-matrix":
         exchange_named_grads_(state, named, targets, embeddings, ReplicaGroups())
     else:
         shards = [GradShard(n, g, rows, compressible=g.dim() == 2, embedding=n in embeddings) for n, g, rows in named]
@@ -209,8 +213,8 @@ def count_ops(config: dict, rank: int) -> dict[str, tuple[int, int, int]]:
 
     shapes, embeddings, targets, _ = model_shapes(config)
     out = {}
-    for path in ("per-matrix", "batched"):
-        state = DPCodecState(rank=rank, start_iter=0, params="all_2d")
+    for path, orth in PATHS.items():
+        state = DPCodecState(rank=rank, start_iter=0, params="all_2d", orthogonalization=orth)
         memory = PerMatrixMemory()
         for tick in range(2):  # the second is warm-started
             named = _random(shapes, 0, device="meta")
@@ -231,8 +235,8 @@ def time_exchanges(config: dict, layers: int, rank: int, reps: int) -> dict[str,
     torch.set_num_threads(1)
     shapes, embeddings, targets, _ = model_shapes(config)
     kept = [(n, s) for n, s in shapes if ".layers." not in n or int(n.split(".layers.")[1].split(".")[0]) < layers]
-    states = {"batched": DPCodecState(rank=rank, start_iter=0, params="all_2d"),
-              "per-matrix": DPCodecState(rank=rank, start_iter=0, params="all_2d")}
+    states = {path: DPCodecState(rank=rank, start_iter=0, params="all_2d", orthogonalization=orth)
+              for path, orth in PATHS.items()}
     memory = PerMatrixMemory()
     times = {k: [] for k in states}
     for rep in range(reps + 1):  # the first round warms up (random Q, allocations)
@@ -246,6 +250,31 @@ def time_exchanges(config: dict, layers: int, rank: int, reps: int) -> dict[str,
     return times
 
 
+def print_ops(config: dict, rank: int) -> None:
+    print(f"\n## 2. Ops per warm-started exchange, whole model, r = {rank}, every 2-D parameter (meta tensors)\n")
+    print("| path | aten ops | QR calls | matrices factored |")
+    print("|---|---|---|---|")
+    ops = count_ops(config, rank)
+    for path, (n_ops, qr_calls, qr_mats) in ops.items():
+        print(f"| {path} | {n_ops:,d} | {qr_calls} | {qr_mats} |")
+    for path in list(PATHS)[1:]:
+        print(f"\n{path} / per-matrix aten ops: {ops[path][0] / ops['per-matrix'][0]:.3f}")
+
+
+def print_times(config: dict, layers: int, rank: int, reps: int) -> None:
+    times = time_exchanges(config, layers, rank, reps)
+    print(f"\n## 3. CPU time per warm-started exchange: vocabulary part + {layers} layers, r = {rank}, "
+          f"every 2-D parameter, fp32, 1 thread, median of {reps} (interleaved)\n")
+    print("| path | CPU s | wall s |")
+    print("|---|---|---|")
+    med = {p: (statistics.median(c for c, _ in t), statistics.median(w for _, w in t)) for p, t in times.items()}
+    for path in PATHS:
+        print(f"| {path} | {med[path][0]:.3f} | {med[path][1]:.3f} |")
+    for path in list(PATHS)[1:]:
+        print(f"\n{path} / per-matrix: CPU {med[path][0] / med['per-matrix'][0]:.3f}, "
+              f"wall {med[path][1] / med['per-matrix'][1]:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ranks", default="4,8,16,32,64,77", help="comma-separated r values of the bytes table")
@@ -253,7 +282,11 @@ def main() -> None:
     parser.add_argument("--timing-layers", type=int, default=4, help="decoder layers in the CPU timing")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--tiny", action="store_true", help="a 2-layer, 4096-token model: seconds, for CI")
+    parser.add_argument("--parts", default="bytes,ops,time", help="comma-separated: bytes, ops, time")
     args = parser.parse_args()
+    wanted = set(args.parts.split(","))
+    if not wanted <= {"bytes", "ops", "time"}:
+        parser.error(f"--parts {args.parts!r}: the parts are bytes, ops, time")
     config = TINY if args.tiny else QWEN_1P5B
     ranks = [int(r) for r in args.ranks.split(",")]
     shapes, embeddings, _, layers = model_shapes(config)
@@ -261,28 +294,12 @@ def main() -> None:
     print(f"# DP codec at {'a tiny Qwen2' if args.tiny else 'Qwen2.5-1.5B-Instruct'}'s shapes: {numel:,d} parameters, "
           f"{layers} layers, embeddings {sorted(embeddings)}; torch {torch.__version__}")
 
-    print_bytes(measure_bytes(config, ranks), layers, ranks)
-
-    print(f"\n## 2. Ops per warm-started exchange, whole model, r = {args.timing_rank}, every 2-D parameter "
-          f"(meta tensors)\n")
-    print("| path | aten ops | QR calls | matrices factored |")
-    print("|---|---|---|---|")
-    ops = count_ops(config, args.timing_rank)
-    for path, (n_ops, qr_calls, qr_mats) in ops.items():
-        print(f"| {path} | {n_ops:,d} | {qr_calls} | {qr_mats} |")
-    print(f"\nbatched / per-matrix aten ops: {ops['batched'][0] / ops['per-matrix'][0]:.3f}")
-
-    timing_layers = min(args.timing_layers, layers)
-    times = time_exchanges(config, timing_layers, args.timing_rank, args.reps)
-    print(f"\n## 3. CPU time per warm-started exchange: vocabulary part + {timing_layers} layers, r = {args.timing_rank}, "
-          f"every 2-D parameter, fp32, 1 thread, median of {args.reps} (interleaved)\n")
-    print("| path | CPU s | wall s |")
-    print("|---|---|---|")
-    med = {p: (statistics.median(c for c, _ in t), statistics.median(w for _, w in t)) for p, t in times.items()}
-    for path in ("per-matrix", "batched"):
-        print(f"| {path} | {med[path][0]:.3f} | {med[path][1]:.3f} |")
-    print(f"\nbatched / per-matrix: CPU {med['batched'][0] / med['per-matrix'][0]:.3f}, "
-          f"wall {med['batched'][1] / med['per-matrix'][1]:.3f}")
+    if "bytes" in wanted:
+        print_bytes(measure_bytes(config, ranks), layers, ranks)
+    if "ops" in wanted:
+        print_ops(config, args.timing_rank)
+    if "time" in wanted:
+        print_times(config, min(args.timing_layers, layers), args.timing_rank, args.reps)
 
 
 if __name__ == "__main__":
