@@ -33,11 +33,11 @@ SEED=${SEED:-0}                         # data.seed = rollout.seed = 42 + SEED (
 # CODEC_RANK (default 77; cpu_tiny 16): commeff.codec.rank, 1..hidden size. Not RANK: launchers set RANK per process.
 # PP_SIZE (default 8; cpu_tiny 2): commeff.codec.pp_size, 2..decoder layers (boundaries = PP_SIZE - 1)
 DP_CODEC=${DP_CODEC:-0}                 # 1: commeff.dp_codec.enable (PowerSGD on the gradient across HSDP replicas)
-DP_RANK=${DP_RANK:-77}                  # commeff.dp_codec.rank
+DP_RANK=${DP_RANK:-16}                  # commeff.dp_codec.rank
 DP_START=${DP_START:-10}                # commeff.dp_codec.start_iter (ticks exchanged densely first)
-DP_PARAMS=${DP_PARAMS:-targets}         # commeff.dp_codec.params (targets | all_2d: the embedding and LM head too)
+DP_PARAMS=${DP_PARAMS:-all_2d}          # commeff.dp_codec.params (all_2d: the embedding and LM head too | targets)
 DP_EMBED_RANK=${DP_EMBED_RANK:-null}    # commeff.dp_codec.embedding_rank (null = DP_RANK; needs DP_PARAMS=all_2d)
-DP_PRECISION=${DP_PRECISION:-full}      # commeff.dp_codec.factor_precision (full | bf16)
+DP_PRECISION=${DP_PRECISION:-bf16}      # commeff.dp_codec.factor_precision (bf16 | full)
 FSDP_SIZE=${FSDP_SIZE:--1}              # actor fsdp_size; < the actor's GPUs makes an HSDP mesh of GPUs/FSDP_SIZE replicas
 # ANCHOR_NGPUS (default NGPUS): commeff.anchor.n_gpus_per_node, 1..NGPUS (fewer than NGPUS: the anchor reshards, FSDP2)
 case "$DP_CODEC" in

@@ -145,7 +145,7 @@ def test_a_checkpoint_from_before_the_new_knobs_loads():
 
 def test_config_refuses_inconsistent_knobs():
     with pytest.raises(CommEffConfigError, match="embedding_rank=8 needs commeff.dp_codec.params=all_2d"):
-        DPCodecConfig(embedding_rank=8)
+        DPCodecConfig(params="targets", embedding_rank=8)
     with pytest.raises(CommEffConfigError, match="commeff.dp_codec.factor_precision='fp8' is not valid"):
         DPCodecConfig(factor_precision="fp8")
     with pytest.raises(CommEffConfigError, match="commeff.dp_codec.params='embeddings' is not valid"):

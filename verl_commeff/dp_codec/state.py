@@ -197,6 +197,10 @@ class DPCodecState:
     10. ``orthogonalization``: ``qr`` (torch's) or ``cholesky_qr2`` (the same column space
         from batched Gram / Cholesky / triangular-solve kernels, in float64).
 
+    The constructor's defaults are the codec as torch's hook on the target matrices
+    (``params=targets``, full precision, r = 77); the plugin builds the state from its
+    config (:meth:`from_config`), whose defaults are the recommended setting.
+
     Internal state: ``rng``, the error memory (this rank's error shard per matrix,
     :attr:`error_dict`), the Q memory (Q, m × r, identical on every rank,
     :attr:`q_memory_dict`), ``iter`` (exchanges so far, skipped ones included), the
