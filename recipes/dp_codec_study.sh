@@ -10,6 +10,7 @@
 #   a_r4_full    every 2-D parameter, r = 4, fp32 factors
 #   a_r2_bf16    every 2-D parameter, r = 2, bf16 factors
 #   a_r1_bf16    every 2-D parameter, r = 1, bf16 factors
+#   a_r1_full    every 2-D parameter, r = 1, fp32 factors (the precision's own cost, against a_r1_bf16)
 # About 5 minutes per run on a 2-core CPU; a benchmark, not a test.
 #
 #   bash recipes/dp_codec_study.sh                                # every arm, seeds 0 and 1
@@ -23,7 +24,7 @@ OUT=${OUT:-outputs/dp_codec_study}
 STEPS=${STEPS:-20}
 TEST_FREQ=${TEST_FREQ:-5}
 SEEDS=${SEEDS:-"0 1"}
-ARMS=${ARMS:-"dense t_r4_full a_r4_full a_r2_bf16 a_r1_bf16"}
+ARMS=${ARMS:-"dense t_r4_full a_r4_full a_r2_bf16 a_r1_bf16 a_r1_full"}
 REPORT=${REPORT:-1}
 PRESET_DIR=${PRESET_DIR:-$OUT/tiny_preset}
 declare -A ARM_KNOBS=(
@@ -32,6 +33,7 @@ declare -A ARM_KNOBS=(
     [a_r4_full]="DP_CODEC=1 DP_PARAMS=all_2d DP_RANK=4 DP_PRECISION=full"
     [a_r2_bf16]="DP_CODEC=1 DP_PARAMS=all_2d DP_RANK=2 DP_PRECISION=bf16"
     [a_r1_bf16]="DP_CODEC=1 DP_PARAMS=all_2d DP_RANK=1 DP_PRECISION=bf16"
+    [a_r1_full]="DP_CODEC=1 DP_PARAMS=all_2d DP_RANK=1 DP_PRECISION=full"
 )
 for arm in $ARMS; do
     if [ -z "${ARM_KNOBS[$arm]+set}" ]; then
