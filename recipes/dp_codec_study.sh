@@ -35,12 +35,10 @@ declare -A ARM_KNOBS=(
     [a_r1_bf16]="DP_CODEC=1 DP_PARAMS=all_2d DP_RANK=1 DP_PRECISION=bf16"
     [a_r1_full]="DP_CODEC=1 DP_PARAMS=all_2d DP_RANK=1 DP_PRECISION=full"
 )
-for arm in $ARMS; do
-    if [ -z "${ARM_KNOBS[$arm]+set}" ]; then
-        echo "unknown arm '$arm': arms are ${!ARM_KNOBS[*]}" >&2
-        exit 2
-    fi
-done
+# shellcheck disable=SC1091
+. "$HERE/arms.sh"
+# shellcheck disable=SC2086
+require_known_arms $ARMS
 
 export PRESET=cpu_tiny PRESET_DIR STEPS TEST_FREQ NGPUS=2 FSDP_SIZE=1 DP_START=0 PROJECT=dp_study
 export VERL_FILE_LOGGER_ROOT="$OUT/logs" TOKENIZERS_PARALLELISM=false

@@ -42,12 +42,10 @@ declare -A ARM_KNOBS=(
     [k20_c20_gate]="K=20 CADENCE=20 BETA=0 ADAPTIVE=ratio LAMBDA_CAP=0.5"
     [dp_codec]="NGPUS=2 FSDP_SIZE=1 DP_CODEC=1 DP_PARAMS=all_2d DP_RANK=1 DP_PRECISION=bf16 DP_START=0"
 )
-for arm in $ARMS; do
-    if [ -z "${ARM_KNOBS[$arm]+set}" ]; then
-        echo "unknown arm '$arm': arms are ${!ARM_KNOBS[*]}" >&2
-        exit 2
-    fi
-done
+# shellcheck disable=SC1091
+. "$HERE/arms.sh"
+# shellcheck disable=SC2086
+require_known_arms $ARMS
 
 export PRESET=cpu_tiny PRESET_DIR STEPS TEST_FREQ PROJECT=tiny_study VERL_FILE_LOGGER_ROOT="$OUT/logs"
 export TOKENIZERS_PARALLELISM=false
