@@ -193,7 +193,8 @@ def test_dp_codec_section_defaults_and_yaml_override():
 
     c = CommEffConfig()
     assert isinstance(c.dp_codec, DPCodecConfig) and c.dp_codec.enable is False
-    assert (c.dp_codec.rank, c.dp_codec.start_iter, c.dp_codec.min_compression_rate) == (77, 10, 2.0)
+    assert (c.dp_codec.rank, c.dp_codec.start_iter, c.dp_codec.min_compression_rate) == (16, 10, 2.0)
+    assert (c.dp_codec.params, c.dp_codec.factor_precision, c.dp_codec.embedding_rank) == ("all_2d", "bf16", None)
     assert c.dp_codec.use_error_feedback and c.dp_codec.warm_start
     cfg = to_commeff_config({"dp_codec": {"enable": True, "rank": 4, "start_iter": 0}})
     assert cfg.dp_codec.enable and cfg.dp_codec.rank == 4 and cfg.dp_codec.start_iter == 0

@@ -1,5 +1,7 @@
 """The core runs in a process with torch alone (a GPU box without verl, Ray, omegaconf or tensordict).
 
+It includes one DP-codec exchange through :func:`verl_commeff.dp_codec.exchange_tensors_`.
+
 Each check runs a fresh interpreter in which those packages cannot be imported
 (``sys.modules[name] = None`` makes ``import name`` raise), so nothing imported earlier in
 the test session can hide a dependency.
@@ -45,6 +47,15 @@ def test_core_imports_and_configs_validate_without_verl():
         from verl_commeff.ledger import payload_bytes
         import torch
         print("bytes:", payload_bytes({"a": torch.zeros(3), "b": [torch.zeros(2, dtype=torch.uint8)]}))
+        # the DP codec's exchange, one process (the entry point the GPU benchmark times)
+        from verl_commeff.dp_codec import DPCodecState, exchange_tensors_
+        state = DPCodecState(rank=4, start_iter=0, params="all_2d", embedding_rank=2, factor_precision="bf16")
+        grads = [torch.randn(64, 16), torch.randn(40, 16), torch.randn(16)]
+        for _ in range(2):
+            exchange_tensors_(state, [g.clone() for g in grads], embeddings=[0])
+        m = state.metrics()
+        print("dp:", int(m["commeff/dp_codec/compressed_matrices"]), int(m["commeff/bytes/dp_codec/factors_sent"]))
     """)
     assert "error: commeff.merger.alpha=1.5 is out of range: must be a number in [0, 1]" in out
     assert "bytes: 14" in out
+    assert "dp: 4 1536" in out  # 2 exchanges × (P, Q of 64×16 at r = 2 and 40×16 at r = 4) × 2 B (bf16)

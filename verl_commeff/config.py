@@ -37,6 +37,9 @@ __all__ = [
     "to_commeff_config",
 ]
 
+DP_PARAMS = ("targets", "all_2d")  # commeff.dp_codec.params
+FACTOR_PRECISIONS = ("full", "bf16")  # commeff.dp_codec.factor_precision
+ORTHOGONALIZATIONS = ("qr", "cholesky_qr2")  # commeff.dp_codec.orthogonalization
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -273,11 +276,17 @@ class MergerConfig(BaseConfig):
 class DPCodecConfig(BaseConfig):
     """PowerSGD on the data-parallel gradient across HSDP replicas (SPEC §5), torch's knobs.
 
-    The matrices named by ``commeff.anchor.targets`` are exchanged between replicas as
-    low-rank factors (P = G·Q, Q = Gᵀ·P̂, per row shard); every other gradient, and every
-    gradient before ``start_iter``, is all-reduced densely across replicas. Inside a replica
-    FSDP2's dense reduce-scatter is unchanged. With one replica the same maths runs on the
-    already-reduced gradient (simulation: bytes are logical).
+    The matrices chosen by ``params`` are exchanged between replicas as low-rank factors
+    (P = G·Q, Q = Gᵀ·P̂, per row shard); every other gradient (1-D parameters, and with
+    ``params=targets`` the non-target matrices), and every gradient before ``start_iter``,
+    is all-reduced densely in its own dtype. Inside a replica FSDP2's dense reduce-scatter
+    is unchanged. With one replica the same maths runs on the already-reduced gradient
+    (simulation: bytes are logical).
+
+    The defaults (every 2-D parameter at r = 16, bf16 factors) send 146× fewer bytes than a
+    dense all-reduce per exchange at Qwen2.5-1.5B (docs/benchmarks.md) and are the setting
+    the tiny learning study backs (docs/dp_codec_study.md); ``full`` precision and
+    ``params=targets`` give torch's ``powerSGD_hook`` on the target matrices.
 
     Args:
         enable: exchange the actor's gradient across replicas with PowerSGD.
@@ -292,15 +301,31 @@ class DPCodecConfig(BaseConfig):
         warm_start: reuse the previous step's Q (re-orthonormalised) instead of a fresh
             random Q every step (torch's default: on).
         seed: seed of the random Q initialisation (torch's ``random_seed``); ≥ 0.
+        params: which 2-D gradients go through PowerSGD: ``targets`` (the matrices named
+            by ``commeff.anchor.targets``) or ``all_2d`` (every 2-D parameter, the token
+            embedding and LM head included).
+        embedding_rank: r for the vocabulary-sized matrices (token embedding, LM head;
+            tied or not) when ``params=all_2d``; None = ``rank``; ≥ 1.
+        factor_precision: the dtype P and Q cross replicas in: ``full`` (the gradient's
+            own dtype, torch's hook) or ``bf16`` (the error-feedback memory absorbs the
+            rounding: Ĝ is rebuilt from the rounded factors on every replica).
+        orthogonalization: how P and the warm-started Q are orthonormalised: ``qr``
+            (``torch.linalg.qr``, torch's hook) or ``cholesky_qr2`` (two CholeskyQR passes
+            in float64: the same column space, a fixed number of batched kernels per shape
+            group where a GPU's batched QR factors matrix by matrix).
     """
 
     enable: bool = False
-    rank: int = 77
+    rank: int = 16
     start_iter: int = 10
     min_compression_rate: float = 2.0
     use_error_feedback: bool = True
     warm_start: bool = True
     seed: int = 0
+    params: str = "all_2d"
+    embedding_rank: Optional[int] = None
+    factor_precision: str = "bf16"
+    orthogonalization: str = "qr"
 
     def __post_init__(self):
         _check_bool("commeff.dp_codec.enable", self.enable)
@@ -311,6 +336,16 @@ class DPCodecConfig(BaseConfig):
         _check_bool("commeff.dp_codec.use_error_feedback", self.use_error_feedback)
         _check_bool("commeff.dp_codec.warm_start", self.warm_start)
         _check_int("commeff.dp_codec.seed", self.seed, 0)
+        _check_choice("commeff.dp_codec.params", self.params, DP_PARAMS)
+        if self.embedding_rank is not None:
+            _check_int("commeff.dp_codec.embedding_rank", self.embedding_rank, 1)
+            if self.params != "all_2d":
+                raise CommEffConfigError(
+                    f"commeff.dp_codec.embedding_rank={self.embedding_rank!r} needs commeff.dp_codec.params=all_2d "
+                    f"(with params={self.params!r} the embedding and LM head are exchanged densely)"
+                )
+        _check_choice("commeff.dp_codec.factor_precision", self.factor_precision, FACTOR_PRECISIONS)
+        _check_choice("commeff.dp_codec.orthogonalization", self.orthogonalization, ORTHOGONALIZATIONS)
 
 
 @dataclass

@@ -16,7 +16,11 @@ The paths (:data:`PATHS`):
 1. ``codec``: the boundary codec's activations, logical bytes (tokens × r instead of tokens × H);
 2. ``q_bcast``: the codec's Q broadcasts (H × r × 4 per boundary per refresh);
 3. ``dp_codec``: the data-parallel codec's cross-replica collectives (real bytes; logical in
-   simulation with one replica);
+   simulation with one replica). It carries the whole model's data-parallel gradient: P and
+   Q factors of the compressed matrices plus the dense rest, 1-D parameters included,
+   against a dense all-reduce of every gradient, so its ``ratio`` is the whole-model figure;
+   the codec adds ``per_tick_*``, ``run_*`` (since the start of training) and the
+   ``factors_*`` / ``dense_rest_sent`` split (:class:`~verl_commeff.dp_codec.state.ByteLedger`);
 4. ``anchor_snapshot``: actor → anchor, this rank's generator-weight snapshot put in Ray's
    object store (delta-encoded: masks + changed values, or dense tensors; ``.../as_dense_fp32``
    adds what dense fp32 shards would have cost);

@@ -149,3 +149,18 @@ def _body(rank, world_size):
 
 def test_owned_replica_exchange_on_a_2x2_hsdp_mesh():
     run_on_gloo(_body, world_size=4)
+
+
+def test_embedding_names_find_the_vocabulary_matrices_tied_or_not():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from verl_commeff.dp_codec.hsdp import embedding_names
+
+    small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=1, vocab_size=64)
+    with torch.device("meta"):
+        tied = Qwen2ForCausalLM(Qwen2Config(**small, tie_word_embeddings=True))
+        untied = Qwen2ForCausalLM(Qwen2Config(**small, tie_word_embeddings=False))
+    assert embedding_names(tied) == {"model.embed_tokens.weight"}  # one parameter, one name
+    assert embedding_names(untied) == {"model.embed_tokens.weight", "lm_head.weight"}
+    assert embedding_names(_Net()) == set()  # no nn.Embedding, no output embedding

@@ -65,6 +65,19 @@ def test_dp_codec_knob_turns_on_powersgd_across_hsdp_replicas():
     assert bad.returncode == 2 and "DP_CODEC must be 0 or 1" in bad.stderr
 
 
+def test_dense_recipe_with_dp_codec_runs_only_the_dp_codec():
+    (overrides,) = _dry_run("gsm8k_grpo_dense.sh")
+    assert not _composed(overrides)[1].enable  # the plugin off: verl's stock actor
+    env = {"DP_CODEC": "1", "FSDP_SIZE": "2", "DP_PARAMS": "all_2d", "DP_RANK": "16", "DP_EMBED_RANK": "8",
+           "DP_PRECISION": "bf16", "SEED": "3"}
+    (overrides,) = _dry_run("gsm8k_grpo_dense.sh", env)
+    cfg, commeff = _composed(overrides)
+    assert commeff.enable and not commeff.codec.enable and not commeff.anchor.enable and commeff.merger.name == "none"
+    dp = commeff.dp_codec
+    assert dp.enable and (dp.params, dp.rank, dp.embedding_rank, dp.factor_precision, dp.seed) == ("all_2d", 16, 8, "bf16", 3)
+    assert cfg.trainer.experiment_name == "dense_dp_codec"
+
+
 def test_cpu_tiny_ngpus_knob_makes_two_replicas_with_a_mirrored_anchor():
     base = {"PRESET": "cpu_tiny", "PRESET_DIR": "/nonexistent"}  # dry run: the preset is not built
     (overrides,) = _dry_run("gsm8k_grpo_commeff.sh", base)
@@ -94,3 +107,26 @@ def test_decoupling_grid_refuses_an_unknown_cell():
     result = subprocess.run(["bash", str(RECIPES / "decoupling_grid.sh")], env={**os.environ, "DRY_RUN": "1",
                             "CELLS": "E"}, capture_output=True, text=True)
     assert result.returncode == 2 and "unknown cell 'E'" in result.stderr
+
+
+def test_dp_codec_study_runs_each_arm_per_seed_on_two_replicas(tmp_path):
+    env = {**os.environ, "DRY_RUN": "1", "REPORT": "0", "OUT": str(tmp_path), "ARMS": "dense a_r1_bf16", "SEEDS": "0 1"}
+    subprocess.run(["bash", str(RECIPES / "dp_codec_study.sh")], env=env, capture_output=True, text=True, check=True)
+    for seed in (0, 1):
+        runs = {}
+        for arm in ("dense", "a_r1_bf16"):
+            log = (tmp_path / f"{arm}_s{seed}.log").read_text().splitlines()
+            line = next(l for l in log if l.startswith("python3 -m verl_commeff.main"))  # not set -x traces
+            cmd = shlex.split(line.split("+ echo")[0])  # the trace of the recipe's echo shares the line
+            runs[arm] = _composed(cmd[cmd.index("verl_commeff.main") + 1 :])
+        dense_cfg, dense = runs["dense"]
+        cfg, commeff = runs["a_r1_bf16"]
+        assert not dense.enable and commeff.dp_codec.enable and not commeff.anchor.enable
+        dp = commeff.dp_codec
+        assert (dp.params, dp.rank, dp.factor_precision, dp.start_iter, dp.seed) == ("all_2d", 1, "bf16", 0, seed)
+        for c in (dense_cfg, cfg):
+            assert c.trainer.n_gpus_per_node == 2 and c.actor_rollout_ref.actor.fsdp_config.fsdp_size == 1
+            assert c.data.seed == 42 + seed and c.trainer.total_training_steps == 20 and c.trainer.test_freq == 5
+    bad = subprocess.run(["bash", str(RECIPES / "dp_codec_study.sh")], env={**env, "ARMS": "dense nope"},
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown arm 'nope'" in bad.stderr

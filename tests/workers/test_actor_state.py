@@ -150,8 +150,9 @@ def test_state_dict_round_trip():
 
 
 def test_dp_codec_simulation_runs_before_the_merger_and_logs_bytes():
-    """One replica (SPEC §5 simulation): dense warm-up, then every target gradient is the rank-r
-    PowerSGD estimate of itself, non-targets untouched; the ledger reaches the step's metrics."""
+    """One replica (SPEC §5 simulation): dense warm-up, then every 2-D gradient (the default
+    ``params=all_2d``: targets and embeddings) is the rank-r PowerSGD estimate of itself, 1-D
+    gradients untouched; the ledger reaches the step's metrics."""
     from verl_commeff.config import DPCodecConfig
 
     cfg = CommEffConfig(
@@ -163,13 +164,18 @@ def test_dp_codec_simulation_runs_before_the_merger_and_logs_bytes():
     model = tiny_qwen2(num_layers=2)
     state = CommEffActorState(cfg, ticks_per_step=2, model=model, hidden_size=HIDDEN, num_layers=2)
     target_ids = {id(p) for _, p in state.targets}
+    matrices = {n for n, p in model.named_parameters() if p.dim() == 2 and id(p) not in target_ids}
+    assert any("embed" in n for n in matrices)
     for seed in (1, 2):
         tick, grads, before = train_tick(state, model, seed=seed)
-        others = {n: p.grad.clone() for n, p in model.named_parameters() if id(p) not in target_ids}
+        vectors = {n: p.grad.clone() for n, p in model.named_parameters() if p.dim() < 2}
+        others = {n: p.grad.clone() for n, p in model.named_parameters() if n in matrices}
         state.before_optimizer_step(grads)  # merger cold: G' = G, so what changed is the exchange
         for n, p in model.named_parameters():
-            if n in others:
-                assert torch.equal(p.grad, others[n]), n
+            if n in vectors:
+                assert torch.equal(p.grad, vectors[n]), n
+            elif n in others and tick > 1:  # non-target matrices too: rank r
+                assert torch.linalg.matrix_rank(p.grad) <= 2 and not torch.allclose(p.grad, others[n]), n
         if tick == 1:
             assert all(torch.equal(a, b) for a, b in zip(grads, before))
         else:

@@ -166,10 +166,12 @@ def _names(worker, state):
 
 def test_dp_codec_simulation_reaches_the_optimizer(tiny_model_dir):
     """FSDP2, one replica (simulation): the optimizer sees the PowerSGD estimate of the stock
-    gradient for the targets (the library exchange applied by hand), the rest untouched;
-    the bytes reach verl's metrics. FSDP1 is refused (its flat shards are not row shards)."""
+    gradient for every 2-D parameter (the default ``params=all_2d``, bf16 factors; the library
+    exchange applied by hand), 1-D gradients untouched; the bytes reach verl's metrics. FSDP1
+    is refused (its flat shards are not row shards)."""
     from verl_commeff.config import DPCodecConfig
     from verl_commeff.dp_codec import DPCodecState, GradShard, ReplicaGroups, dp_exchange_
+    from verl_commeff.dp_codec.hsdp import embedding_names
 
     cfg = CommEffConfig(
         codec=CodecConfig(enable=False, q_source="fast"),
@@ -190,12 +192,17 @@ def test_dp_codec_simulation_reaches_the_optimizer(tiny_model_dir):
     target_names = set(_names(actor, state))
     stock_params = dict(stock.actor.engine.module.named_parameters())
     actor_params = dict(actor.actor.engine.module.named_parameters())
+    embeddings = embedding_names(stock.actor.engine.module)
+    assert embeddings
     expected = [GradShard(n, stock_grads.grads[0][id(p)].full_tensor().clone(), p.shape[0] if p.dim() else 1,
-                          compressible=n in target_names) for n, p in stock_params.items()]
-    dp_exchange_(DPCodecState(rank=2, start_iter=0, seed=1), expected, ReplicaGroups())
+                          compressible=p.dim() == 2, embedding=n in embeddings) for n, p in stock_params.items()]
+    reference = DPCodecState.from_config(cfg.dp_codec)
+    dp_exchange_(reference, expected, ReplicaGroups())
+    compressed = set(reference.error_dict)
+    assert target_names < compressed and embeddings <= compressed
     for s in expected:
         got = actor_grads.grads[0][id(actor_params[s.name])].full_tensor()
-        if s.name in target_names:
+        if s.name in compressed:
             torch.testing.assert_close(got, s.grad, rtol=1e-5, atol=1e-8, msg=s.name)
             assert torch.linalg.matrix_rank(got) <= 2
         else:
@@ -203,7 +210,7 @@ def test_dp_codec_simulation_reaches_the_optimizer(tiny_model_dir):
     dense = metrics["commeff/bytes/dp_codec/dense_equiv"][0]
     assert dense == sum(p.numel() * 4 for p in actor_params.values())
     assert 0 < metrics["commeff/bytes/dp_codec/sent"][0] < dense
-    assert metrics["commeff/dp_codec/compressed_matrices"][0] == len(target_names)
+    assert metrics["commeff/dp_codec/compressed_matrices"][0] == len(compressed)
 
     with pytest.raises(ValueError, match="commeff.dp_codec needs row-sharded gradients"):
         _commeff(tiny_model_dir, "fsdp", cfg)

@@ -11,8 +11,8 @@ of the module into plain FSDP over the shard dimension of the same mesh (its
 with the replica-local mean and writes ``.grad`` as before (the DTensor layout on the 2-D
 mesh is unchanged), and never talks to the other replicas. Once per optimizer step
 :func:`exchange_module_grads_` hands every gradient's row shard to
-:func:`~verl_commeff.dp_codec.powersgd.dp_exchange_`: the targets as P/Q factors, the rest
-as one dense all-reduce. After it the gradients are the cross-replica mean (dense) or its
+:func:`~verl_commeff.dp_codec.powersgd.dp_exchange_`: the matrices ``commeff.dp_codec.params``
+selects as P/Q factors, the rest as one dense all-reduce. After it the gradients are the cross-replica mean (dense) or its
 PowerSGD estimate, identical on every replica, as verl's clipping and optimizer expect.
 
 Tests check with a collective counter, not by reading this, that no all-reduce runs in
@@ -21,7 +21,7 @@ the backward once the exchange is owned.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -30,7 +30,8 @@ from torch.distributed.device_mesh import DeviceMesh
 from verl_commeff.dp_codec.powersgd import GradShard, ReplicaGroups, dp_exchange_
 from verl_commeff.dp_codec.state import DPCodecState
 
-__all__ = ["exchange_module_grads_", "hsdp_groups", "own_replica_exchange"]
+__all__ = ["embedding_names", "exchange_module_grads_", "exchange_named_grads_", "exchange_tensors_", "hsdp_groups",
+           "own_replica_exchange"]
 
 
 def hsdp_groups(mesh: Optional[DeviceMesh]) -> ReplicaGroups:
@@ -80,24 +81,72 @@ def _local(grad: torch.Tensor) -> torch.Tensor:
     return grad.to_local() if isinstance(grad, DTensor) else grad
 
 
+def embedding_names(module: nn.Module) -> set[str]:
+    """Names of the vocabulary-sized matrices of ``module``: every ``nn.Embedding`` weight and the
+    output embedding (LM head) of a Hugging Face model; a tied pair is one parameter, one name."""
+    heads = set()
+    get_head = getattr(module, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        heads.add(id(head.weight))
+    for m in module.modules():
+        if isinstance(m, nn.Embedding):
+            heads.add(id(m.weight))
+    return {name for name, p in module.named_parameters() if id(p) in heads}
+
+
+def exchange_named_grads_(
+    state: DPCodecState,
+    named_grads: Iterable[tuple[str, torch.Tensor, int]],
+    targets: Optional[set[str]] = None,
+    embeddings: Iterable[str] = (),
+    groups: Optional[ReplicaGroups] = None,
+) -> None:
+    """Exchange named gradient shards across replicas in place (one tick).
+
+    Args:
+        named_grads: (name, this rank's gradient shard, global rows) in the same order on
+            every rank.
+        targets: with ``state.params == "targets"``, the names exchanged with PowerSGD
+            (2-D); ignored with ``all_2d`` (every 2-D gradient is a candidate).
+        embeddings: names of the vocabulary-sized matrices (``state.embedding_rank``).
+        groups: the replica and shard groups; None = one replica, one shard (simulation).
+    """
+    every_matrix = state.params == "all_2d"
+    embeddings = set(embeddings)
+    shards = [GradShard(name, grad, rows, compressible=grad.dim() == 2 and (every_matrix or name in (targets or ())),
+                        embedding=name in embeddings)
+              for name, grad, rows in named_grads]
+    dp_exchange_(state, shards, groups if groups is not None else ReplicaGroups())
+
+
+def exchange_tensors_(state: DPCodecState, grads: Sequence[torch.Tensor], embeddings: Iterable[int] = ()) -> None:
+    """One exchange of whole gradient tensors on this process alone (one replica: the simulation path).
+
+    The entry point for timing the codec with torch alone: the gradients are named by their
+    position, every 2-D one is a candidate (as ``params=all_2d``; with ``params=targets``
+    none is), and ``embeddings`` lists the positions of the vocabulary-sized matrices.
+    """
+    embedding_set = {str(i) for i in embeddings}
+    exchange_named_grads_(state, [(str(i), g, g.shape[0] if g.dim() else 1) for i, g in enumerate(grads)],
+                          embeddings=embedding_set)
+
+
 def exchange_module_grads_(
     state: DPCodecState,
     named_params: Iterable[tuple[str, nn.Parameter]],
     targets: set[str],
     groups: ReplicaGroups,
+    embeddings: Iterable[str] = (),
 ) -> None:
     """Exchange every gradient of ``named_params`` across replicas in place (one tick).
 
     Args:
         named_params: (name, parameter) in the same order on every rank; parameters
             without a gradient are skipped (FSDP gives all or none of a module's).
-        targets: names of the parameters exchanged with PowerSGD (2-D target matrices).
+        targets: names of the target matrices (PowerSGD with ``params=targets``).
+        embeddings: names of the vocabulary-sized matrices (:func:`embedding_names`).
     """
-    shards = []
-    for name, param in named_params:
-        if param.grad is None:
-            continue
-        local = _local(param.grad)  # (rows of this shard, ...), a view into .grad
-        rows = param.shape[0] if param.dim() else 1
-        shards.append(GradShard(name, local, rows, compressible=name in targets and param.dim() == 2))
-    dp_exchange_(state, shards, groups)
+    named_grads = [(name, _local(p.grad), p.shape[0] if p.dim() else 1)  # local: a view into .grad
+                   for name, p in named_params if p.grad is not None]
+    exchange_named_grads_(state, named_grads, targets, embeddings, groups)

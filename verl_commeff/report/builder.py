@@ -15,7 +15,9 @@ Missing-metric policy (docs/report.md):
   arms that do not log any ``commeff/codec/`` metric (they are left out of
   ``q_telemetry.png``); the byte ledger (``commeff/bytes/<path>/sent``): ``bytes_per_step.png``
   shows the arms that log it, an arm without it is left out with a note, and with no arm
-  logging bytes the figure is not written (a note, not an error).
+  logging bytes the figure is not written (a note, not an error); the whole model's
+  data-parallel bytes (``commeff/bytes/dp_codec/{sent,dense_equiv}``): ``dp_bytes.png`` and
+  a table in ``verdict.md`` when at least one arm logs them (arms that do not are dense: 1).
 
 All checks run before anything is written, so an error leaves no partial report.
 """
@@ -29,6 +31,7 @@ from typing import Callable, Optional
 import pandas as pd
 
 from verl_commeff.report import figures, names
+from verl_commeff.report.dp_bytes import dp_bytes, dp_bytes_section, plot_dp_bytes
 from verl_commeff.report.errors import ReportError
 from verl_commeff.report.ledger import arm_bytes
 from verl_commeff.report.readers import load_runs
@@ -49,6 +52,7 @@ REWARD_FIGURE = "train_reward.png"
 COLLAPSE_FIGURE = "collapse_mechanism.png"
 Q_FIGURE = "q_telemetry.png"
 BYTES_FIGURE = "bytes_per_step.png"
+DP_FIGURE = "dp_bytes.png"
 VERDICT_FILE = "verdict.md"
 SPIRAL_OUTPUT = "the spiral column of verdict.md"
 CODEC_PREFIX = "commeff/codec/"
@@ -243,8 +247,14 @@ def write_report(run_arguments: list[str], options: ReportOptions, log: Callable
         result.written.append(figures.plot_bytes_per_step(logged, colors, out / BYTES_FIGURE))
 
     result.verdicts = build_verdicts(runs, val_keys, spirals, settings)
+    verdict_text = render_verdict(result.verdicts, settings, describe_spiral_params(options.spiral))
+    dp = {arm: dp_bytes(table) for arm, table in runs.items()}
+    if any(entry is not None for entry in dp.values()):  # some arm runs the DP codec: its bytes next to accuracy
+        gate_values = {row.arm: None if row.gate_point is None else row.gate_point.value for row in result.verdicts}
+        result.written.append(plot_dp_bytes(dp, gate_values, settings.gate_step, colors, out / DP_FIGURE))
+        verdict_text += "\n" + dp_bytes_section(dp, gate_values, settings.gate_step)
     verdict_path = out / VERDICT_FILE
-    verdict_path.write_text(render_verdict(result.verdicts, settings, describe_spiral_params(options.spiral)), encoding="utf-8")
+    verdict_path.write_text(verdict_text, encoding="utf-8")
     result.written.append(verdict_path)
     for path in result.written:
         log(f"wrote {path}")

@@ -272,6 +272,11 @@ class CommEffActorState:
         self._model = model
         target_ids = {id(p) for _, p in self.targets}
         self._dp_targets = {n for n, p in model.named_parameters() if id(p) in target_ids}
+        self._dp_embeddings: set[str] = set()
+        if self.dp_codec is not None:
+            from verl_commeff.dp_codec.hsdp import embedding_names
+
+            self._dp_embeddings = embedding_names(model)
         self._inbox: dict[int, PendingResult] = {}  # offered, not fetched yet
         self._ready: dict[int, AnchorResult | AnchorFailure] = {}  # fetched (on the gradients' device), not taken
         self._grad_device: Optional[torch.device] = None  # of the last gradients merged
@@ -479,7 +484,8 @@ class CommEffActorState:
         if self.dp_codec is not None:
             from verl_commeff.dp_codec.hsdp import exchange_module_grads_
 
-            exchange_module_grads_(self.dp_codec, self._model.named_parameters(), self._dp_targets, self.dp_groups)
+            exchange_module_grads_(self.dp_codec, self._model.named_parameters(), self._dp_targets, self.dp_groups,
+                                   self._dp_embeddings)
         # Step 1: the anchor result due at this tick becomes the held M̄ (and maybe Q's sketch);
         # results that finished during the forward/backward are fetched first.
         if self.cfg.anchor.enable:
@@ -572,8 +578,7 @@ class CommEffActorState:
             out["commeff/bytes/anchor_m_bar/as_shards"] = float(self._m_bar_shard_bytes)
             out["commeff/bytes/anchor_snapshot/as_dense_fp32"] = float(self._snapshot_fp32_bytes)
         if self.dp_codec is not None:
-            out.update(self.dp_codec.ledger.metrics())
-            self.dp_codec.ledger.reset()
+            out.update(self.dp_codec.metrics())  # resets the step's ledger
         out["commeff/anchor/failed_fires"] = float(self._failed_fires)
         out["commeff/anchor/dropped_fires"] = float(self._dropped_fires)
         if self._ema_updates:
