@@ -48,7 +48,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig, DPCodecConfig, MergerConfig  # noqa: E402
+from verl_commeff.config import (  # noqa: E402
+    AdaptiveLambdaConfig, AnchorConfig, CodecConfig, CommEffConfig, MergerConfig)
 from verl_commeff.mergers.kernels import MergerKernels  # noqa: E402
 from verl_commeff.mergers.sign_bits import PackedSigns  # noqa: E402
 from verl_commeff.workers.actor_state import AnchorResult, CommEffActorState, ReadyResult, buffer_bytes  # noqa: E402
@@ -81,7 +82,9 @@ def commeff_config(variant: str, tiny: bool) -> CommEffConfig:
         codec=CodecConfig(rank=rank, pp_size=pp, q_source="fast" if fast else "anchor",
                           q_cadence=CADENCE if fast else None),
         anchor=AnchorConfig(enable=variant != "codec", delay_k=CADENCE, cadence=CADENCE, transport="sign"),
+        # Full dose (λ = 1, the seed's signed_ema): every tick merges, the merger's worst case.
         merger=MergerConfig(name="none" if variant == "codec" else "signed_ema", kernels=kernels,
+                            adaptive=AdaptiveLambdaConfig(mode="off"),
                             checksum_every=CADENCE),  # 10x the default rate: the measured ticks include a check
     )
 
@@ -330,22 +333,35 @@ def profile_ticks(runs: list, model, optimizer, batches, device, top: int = 12) 
 
 
 def time_dp_codec(model, device: torch.device, repeats: int, tiny: bool) -> dict:
-    """Time per exchange of the data-parallel codec on one replica (its real path), two settings."""
-    from verl_commeff.dp_codec import DPCodecState, ReplicaGroups
-    from verl_commeff.dp_codec.hsdp import exchange_module_grads_
+    """Time per exchange of the data-parallel codec on one replica (its real path, torch alone):
+    the old default (torch's hook on the targets, r = 77, fp32 factors) and the new one (every
+    2-D parameter, r = 16, bf16 factors) with each orthonormalisation."""
+    from verl_commeff.dp_codec import DPCodecState, ReplicaGroups, exchange_tensors_
+    from verl_commeff.dp_codec.hsdp import embedding_names, exchange_module_grads_
     from verl_commeff.workers.actor_state import select_targets
 
-    for p in model.parameters():
+    named = [(n, p) for n, p in model.named_parameters()]
+    for _, p in named:
         p.grad = torch.randn_like(p)
     targets = {n for n, _ in select_targets(model, CommEffConfig().anchor.targets)}
-    every_2d = {n for n, p in model.named_parameters() if p.dim() == 2}
+    embeddings = embedding_names(model)
+    settings = (
+        ("targets_r77_fp32", dict(rank=8 if tiny else 77, params="targets")),
+        ("all2d_r16_bf16_qr", dict(rank=4 if tiny else 16, params="all_2d", factor_precision="bf16")),
+        ("all2d_r16_bf16_cholqr2", dict(rank=4 if tiny else 16, params="all_2d", factor_precision="bf16",
+                                        orthogonalization="cholesky_qr2")),
+    )
     out = {}
-    for label, rank, names in (("r77_targets", 8 if tiny else 77, targets), ("r16_all_2d", 4 if tiny else 16, every_2d)):
-        state = DPCodecState.from_config(DPCodecConfig(enable=True, rank=rank, start_iter=0))
-        exchange = lambda: exchange_module_grads_(state, model.named_parameters(), names, ReplicaGroups())  # noqa: E731
+    for label, knobs in settings:
+        state = DPCodecState(start_iter=0, **knobs)
+        if knobs["params"] == "targets":
+            exchange = lambda: exchange_module_grads_(state, named, targets, ReplicaGroups(), embeddings)  # noqa: E731
+        else:
+            exchange = lambda: exchange_tensors_(state, [p.grad for _, p in named],  # noqa: E731
+                                                 [i for i, (n, _) in enumerate(named) if n in embeddings])
         exchange()  # first exchange: Q initialisation
         out[label] = {"exchange_ms": _median_ms(exchange, repeats, device)}
-    for p in model.parameters():
+    for _, p in named:
         p.grad = None
     return out
 

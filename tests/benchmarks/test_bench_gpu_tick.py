@@ -41,7 +41,7 @@ def test_tiny_mode_runs_with_torch_alone(tmp_path):
     assert report["buffers"]["codec/q_live"] == 2 * 64 * 8 * 4 // 2  # one boundary (pp 2): H × r fp32
     for mode in ("compiled", "eager"):
         assert report["kernels"][mode]["stats_ms"] > 0 and report["kernels"][mode]["merge_ms"] > 0
-    assert set(report["dp_codec"]) == {"r77_targets", "r16_all_2d"}
+    assert set(report["dp_codec"]) == {"targets_r77_fp32", "all2d_r16_bf16_qr", "all2d_r16_bf16_cholqr2"}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: set_sync_debug_mode is the check there")
