@@ -10,6 +10,7 @@
 #   DRY_RUN=1 bash recipes/gsm8k_grpo_commeff.sh                 # print the command, run nothing
 #   bash recipes/gsm8k_grpo_commeff.sh trainer.total_epochs=2    # extra verl/commeff overrides go last
 #   PRESET=cpu_tiny bash recipes/gsm8k_grpo_commeff.sh           # the tiny CPU demo (no GPU, no downloads)
+#   PRESET=cpu_tiny CODEC_RANK=1 SEED=1 bash recipes/gsm8k_grpo_commeff.sh   # the lossy codec regime, another seed
 #   DP_CODEC=1 FSDP_SIZE=2 bash recipes/gsm8k_grpo_commeff.sh     # + PowerSGD across 2 HSDP replicas (SPEC §5)
 #   PRESET=cpu_tiny NGPUS=2 FSDP_SIZE=1 DP_CODEC=1 DP_RANK=4 DP_START=2 bash recipes/gsm8k_grpo_commeff.sh
 #                                                                 # the same on CPU: 2 actor processes as 2 replicas
@@ -28,6 +29,9 @@ BETA=${BETA:-0.5}                       # commeff.anchor.beta (the anchor EMA; 0
 ADAPTIVE=${ADAPTIVE:-off}               # commeff.merger.adaptive.mode (off | ratio | cos)
 LAMBDA_CAP=${LAMBDA_CAP:-1.0}           # commeff.merger.adaptive.cap
 SYNC=${SYNC:-strict}                    # commeff.anchor.sync (strict | free)
+SEED=${SEED:-0}                         # data.seed = rollout.seed = 42 + SEED (prompt order, sampling), commeff.codec.seed = SEED
+# CODEC_RANK (default 77; cpu_tiny 16): commeff.codec.rank, 1..hidden size. Not RANK: launchers set RANK per process.
+# PP_SIZE (default 8; cpu_tiny 2): commeff.codec.pp_size, 2..decoder layers (boundaries = PP_SIZE - 1)
 DP_CODEC=${DP_CODEC:-0}                 # 1: commeff.dp_codec.enable (PowerSGD on the gradient across HSDP replicas)
 DP_RANK=${DP_RANK:-77}                  # commeff.dp_codec.rank
 DP_START=${DP_START:-10}                # commeff.dp_codec.start_iter (ticks exchanged densely first)
@@ -38,6 +42,12 @@ case "$DP_CODEC" in
 1) DP_ENABLE=True ;;
 *) echo "DP_CODEC must be 0 or 1, got '$DP_CODEC'" >&2; exit 2 ;;
 esac
+need_int() {  # need_int NAME VALUE MIN: a clear error for a knob that is not an integer >= MIN
+    if ! [[ "$2" =~ ^(0|[1-9][0-9]*)$ ]] || [ "$2" -lt "$3" ]; then
+        echo "$1 must be an integer >= $3, got '$2'" >&2; exit 2
+    fi
+}
+need_int SEED "$SEED" 0
 PROJECT=${PROJECT:-verl_commeff_gsm8k}
 EXP=${EXP:-commeff_k${K}_c${CADENCE}}
 DRY_RUN=${DRY_RUN:-0}
@@ -50,7 +60,7 @@ gpu)
     NGPUS=${NGPUS:-4}
     ROLLOUT=${ROLLOUT:-vllm}            # vllm | sglang | hf (no vLLM needed)
     TRAIN_BATCH=128 MINI_BATCH=64 MICRO_BATCH=8 N=8 LR=1e-6 PROMPT_LEN=512 RESPONSE_LEN=2048
-    TEST_FREQ=${TEST_FREQ:-25} RANK=77 PP_SIZE=8 REMOVE_PADDING=True
+    TEST_FREQ=${TEST_FREQ:-25} CODEC_RANK=${CODEC_RANK:-77} PP_SIZE=${PP_SIZE:-8} REMOVE_PADDING=True
     preset=(
         actor_rollout_ref.actor.entropy_coeff=0
         actor_rollout_ref.model.enable_gradient_checkpointing=True
@@ -71,7 +81,7 @@ cpu_tiny)
     # 16 prompts x 8 responses per step, 2 ticks per step (mini-batch 8 prompts), like the seed's surface
     TRAIN_BATCH=${TRAIN_BATCH:-16} MINI_BATCH=${MINI_BATCH:-8} MICRO_BATCH=${MICRO_BATCH:-32} N=${N:-8}
     LR=${LR:-5e-4} PROMPT_LEN=96 RESPONSE_LEN=${RESPONSE_LEN:-48}
-    TEST_FREQ=${TEST_FREQ:-6} RANK=16 PP_SIZE=2 REMOVE_PADDING=False
+    TEST_FREQ=${TEST_FREQ:-6} CODEC_RANK=${CODEC_RANK:-16} PP_SIZE=${PP_SIZE:-2} REMOVE_PADDING=False
     preset=(
         trainer.device=cpu
         +actor_rollout_ref.model.override_config.attn_implementation=sdpa
@@ -99,6 +109,12 @@ cpu_tiny)
     ;;
 esac
 
+need_int CODEC_RANK "$CODEC_RANK" 1   # the upper bounds need the model: commeff.codec checks them at start-up
+need_int PP_SIZE "$PP_SIZE" 2
+if [ -n "${RANK:-}" ] && [ "$PRESET" = cpu_tiny ]; then   # cpu_tiny runs one node: no launcher set it
+    echo "RANK='$RANK' is set, but the codec rank knob is CODEC_RANK (RANK is a launcher's process rank)" >&2; exit 2
+fi
+
 # ---- overrides, grouped -----------------------------------------------------------------------------
 data=(
     data.train_files="$DATA_DIR/train.parquet"
@@ -106,7 +122,7 @@ data=(
     data.train_batch_size="$TRAIN_BATCH"
     data.max_prompt_length="$PROMPT_LEN"
     data.max_response_length="$RESPONSE_LEN"
-    data.seed=42                                 # the train sampler's shuffle order (docs/reliability.md)
+    data.seed=$((42 + SEED))                     # the train sampler's shuffle order (docs/reliability.md)
 )
 model=(
     actor_rollout_ref.model.path="$MODEL"
@@ -127,6 +143,7 @@ rollout=(
     actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu="$MICRO_BATCH"
     actor_rollout_ref.rollout.tensor_model_parallel_size=1
     actor_rollout_ref.rollout.agent.default_agent_loop=seeded_single_turn_agent   # per-trajectory sampling seeds (hf)
+    actor_rollout_ref.rollout.seed=$((42 + SEED))  # those seeds' root (verl's default 42 at SEED=0)
 )
 algorithm=(
     algorithm.adv_estimator=grpo
@@ -144,7 +161,8 @@ trainer=(
     trainer.experiment_name="$EXP"
 )
 commeff=(
-    commeff.codec.rank="$RANK"
+    commeff.codec.rank="$CODEC_RANK"
+    commeff.codec.seed="$SEED"
     commeff.codec.pp_size="$PP_SIZE"
     commeff.codec.q_cadence="$Q_CADENCE"
     commeff.anchor.delay_k="$K"

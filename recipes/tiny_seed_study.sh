@@ -12,12 +12,21 @@
 #   grid_C_k5_c20    decoupling grid cell C: delay 5, cadence 20
 #   k20_c20_mu085    K=20 with age decay mu=0.85 (seed next step #2)
 #   k20_c20_gate     K=20 with beta=0 and the adaptive ratio gate, cap 0.5 (seed next step #4)
+# The staleness curve (issue 17), signed_ema at full dose, cadence max(K, 1): k0_c1 k1_c1 k2_c2 (with
+# k5_c5 and k20_c20 above). The same delays with the evidence dose (commeff.merger.adaptive.mode=evidence,
+# docs/method.md §4.3): ev_k0_c1 ev_k1_c1 ev_k2_c2 ev_k5_c5 ev_k20_c20. The anchor-measured codec error
+# instead of a sign (merger codec_error, same dose): ce_k0_c1 ce_k2_c2 ce_k5_c5.
 # It ends with `verl-commeff report` over all arms (baseline: dense; floor: the floor arm's terminal
 # validation). About 45 minutes on a 2-core CPU with the defaults; a benchmark, not a test.
+# Each arm runs once per seed in SEEDS (recipe knob SEED: prompt order, rollout and validation sampling,
+# the codec's bootstrap; the preset, i.e. the warm-started model, is the same for every seed); its
+# metrics go to $OUT/logs/tiny_study/<arm>_s<seed>.jsonl. CODEC_RANK (and PP_SIZE) pick the codec regime:
+# 16 = the preset's default, 1 = the lossy regime. REPORT=0 skips the closing report.
 #
-#   bash recipes/tiny_seed_study.sh                         # every arm, STEPS=40
+#   bash recipes/tiny_seed_study.sh                         # every arm, STEPS=40, seed 0
 #   ARMS="dense k5_c5" STEPS=20 bash recipes/tiny_seed_study.sh
-#   OUT=outputs/study2 SEED=1 bash recipes/tiny_seed_study.sh   # another seed (data, warm start, rollout)
+#   OUT=outputs/lossy CODEC_RANK=1 SEEDS="0 1 2" ARMS="floor k0_c1" STEPS=20 TEST_FREQ=5 bash recipes/tiny_seed_study.sh
+#   verl-commeff study outputs/lossy/logs/tiny_study --out outputs/lossy/study   # per-seed tables over the arms
 set -xeuo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -27,6 +36,8 @@ OUT=${OUT:-outputs/tiny_study}
 STEPS=${STEPS:-40}
 TEST_FREQ=${TEST_FREQ:-10}
 ARMS=${ARMS:-"dense floor k5_c5 k20_c20 grid_B_k20_c5 grid_C_k5_c20 k20_c20_mu085 k20_c20_gate"}
+SEEDS=${SEEDS:-0}
+REPORT=${REPORT:-1}
 PRESET_DIR=${PRESET_DIR:-$OUT/tiny_preset}
 declare -A ARM_KNOBS=(
     [dense]=""
@@ -37,10 +48,27 @@ declare -A ARM_KNOBS=(
     [grid_C_k5_c20]="K=5 CADENCE=20"
     [k20_c20_mu085]="K=20 CADENCE=20 MU=0.85"
     [k20_c20_gate]="K=20 CADENCE=20 BETA=0 ADAPTIVE=ratio LAMBDA_CAP=0.5"
+    [k0_c1]="K=0 CADENCE=1"
+    [k1_c1]="K=1 CADENCE=1"
+    [k2_c2]="K=2 CADENCE=2"
+    [ev_k0_c1]="K=0 CADENCE=1 ADAPTIVE=evidence"
+    [ev_k1_c1]="K=1 CADENCE=1 ADAPTIVE=evidence"
+    [ev_k2_c2]="K=2 CADENCE=2 ADAPTIVE=evidence"
+    [ev_k5_c5]="K=5 CADENCE=5 ADAPTIVE=evidence"
+    [ev_k20_c20]="K=20 CADENCE=20 ADAPTIVE=evidence"
+    [ce_k0_c1]="K=0 CADENCE=1 MERGER=codec_error ADAPTIVE=evidence"
+    [ce_k2_c2]="K=2 CADENCE=2 MERGER=codec_error ADAPTIVE=evidence"
+    [ce_k5_c5]="K=5 CADENCE=5 MERGER=codec_error ADAPTIVE=evidence"
 )
 for arm in $ARMS; do
     if [ -z "${ARM_KNOBS[$arm]+set}" ]; then
         echo "unknown arm '$arm': arms are ${!ARM_KNOBS[*]}" >&2
+        exit 2
+    fi
+done
+for seed in $SEEDS; do
+    if ! [[ "$seed" =~ ^(0|[1-9][0-9]*)$ ]]; then
+        echo "SEEDS must be integers >= 0, got '$seed' in '$SEEDS'" >&2
         exit 2
     fi
 done
@@ -53,22 +81,27 @@ mkdir -p "$OUT"
 python3 -m verl_commeff.presets --out "$PRESET_DIR"   # once, before the arms (they reuse it)
 
 runs=()
-for arm in $ARMS; do
-    recipe="$HERE/gsm8k_grpo_commeff.sh"
-    [ "$arm" = dense ] && recipe="$HERE/gsm8k_grpo_dense.sh"
-    rm -f "$OUT/logs/$PROJECT/$arm.jsonl"   # verl's file logger appends: a rerun starts clean
-    start=$(date +%s)
-    echo "[study] arm $arm (${ARM_KNOBS[$arm]:-plugin off}): log $OUT/$arm.log"
-    # shellcheck disable=SC2086
-    env ${ARM_KNOBS[$arm]} EXP="$arm" bash "$recipe" trainer.default_local_dir="$OUT/ckpt/$arm" 2>&1 \
-        | tee "$OUT/$arm.log" | progress "$arm" "$STEPS" \
-        || { tail -n 40 "$OUT/$arm.log"; echo "[study] arm $arm failed: see $OUT/$arm.log" >&2; exit 1; }
-    echo "[study] arm $arm done in $(( $(date +%s) - start )) s"
-    runs+=("$arm=$OUT/logs/$PROJECT/$arm.jsonl")
+for seed in $SEEDS; do
+    for arm in $ARMS; do
+        recipe="$HERE/gsm8k_grpo_commeff.sh"
+        [ "$arm" = dense ] && recipe="$HERE/gsm8k_grpo_dense.sh"
+        name="${arm}_s${seed}"
+        rm -f "$OUT/logs/$PROJECT/$name.jsonl"   # verl's file logger appends: a rerun starts clean
+        start=$(date +%s)
+        echo "[study] arm $arm, seed $seed (${ARM_KNOBS[$arm]:-plugin off}): log $OUT/$name.log"
+        # shellcheck disable=SC2086
+        env ${ARM_KNOBS[$arm]} SEED="$seed" EXP="$name" bash "$recipe" trainer.default_local_dir="$OUT/ckpt/$name" 2>&1 \
+            | tee "$OUT/$name.log" | progress "$name" "$STEPS" \
+            || { tail -n 40 "$OUT/$name.log"; echo "[study] arm $arm (seed $seed) failed: see $OUT/$name.log" >&2; exit 1; }
+        echo "[study] arm $arm, seed $seed done in $(( $(date +%s) - start )) s"
+        runs+=("$name=$OUT/logs/$PROJECT/$name.jsonl")
+    done
 done
+[ "$REPORT" = 1 ] || exit 0
 
 report=(--out "$OUT/report" --gate-step "$STEPS" --val-steps "$(seq -s, "$TEST_FREQ" "$TEST_FREQ" "$STEPS")")
-[[ " $ARMS " == *" dense "* ]] && report+=(--baseline dense) || report+=(--baseline "${ARMS%% *}")
-[[ " $ARMS " == *" floor "* ]] && report+=(--floor-arm floor) || report+=(--floor 0)
+first_seed=${SEEDS%% *}
+[[ " $ARMS " == *" dense "* ]] && report+=(--baseline "dense_s$first_seed") || report+=(--baseline "${ARMS%% *}_s$first_seed")
+[[ " $ARMS " == *" floor "* ]] && report+=(--floor-arm "floor_s$first_seed")
 verl-commeff report "${runs[@]}" "${report[@]}"
 echo "[study] done: figures and verdict in $OUT/report/"
