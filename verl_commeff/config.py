@@ -37,6 +37,7 @@ __all__ = [
     "to_commeff_config",
 ]
 
+CODEC_INITS = ("activations", "random")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -85,6 +86,10 @@ class CodecConfig(BaseConfig):
         pp_size: number of simulated pipeline stages; 2 ≤ pp_size ≤ decoder layers.
             The last layer of every non-final stage is a boundary.
         seed: seed of the Q bootstrap orth(randn(H, r)), combined with the boundary index.
+        init: the first basis: ``activations`` (the top-r principal subspace of the boundary
+            activations of the actor's first old-log-prob batch, seen by one extra forward
+            before the first projected pass, then handed to the anchor) or ``random`` (the
+            seeded orth(randn(H, r)) itself, as before issue 17).
         q_source: who observes the activations that refresh Q: ``anchor`` (the anchor's
             dense forward at each fire; the seed's runs) or ``fast`` (the actor's own
             compressed forwards).
@@ -97,6 +102,7 @@ class CodecConfig(BaseConfig):
     rank: int = 77
     pp_size: int = 8
     seed: int = 0
+    init: str = "activations"
     q_source: str = "anchor"
     q_cadence: Optional[int] = None
 
@@ -104,6 +110,7 @@ class CodecConfig(BaseConfig):
         _check_int("commeff.codec.rank", self.rank, 1)
         _check_int("commeff.codec.pp_size", self.pp_size, 2)
         _check_int("commeff.codec.seed", self.seed, 0)
+        _check_choice("commeff.codec.init", self.init, CODEC_INITS)
         _check_choice("commeff.codec.q_source", self.q_source, ("anchor", "fast"))
         if self.q_cadence is not None:
             _check_int("commeff.codec.q_cadence", self.q_cadence, 1)

@@ -100,8 +100,16 @@ def test_compressed_codec_projects_train_and_old_log_prob_not_ref(strategy, tiny
     mask = b["response_mask"].bool()
 
     actor = _commeff(tiny_model_dir, strategy, _codec_only(rank=4))
+    codec = actor.actor.engine.commeff.codec
+    random_q = codec.live_basis.clone()
+    assert codec.needs_bootstrap  # commeff.codec.init=activations (the default)
     old = _log_probs(actor, batch)
     assert (old - plain)[mask].abs().max() > 1e-3  # the old-log-prob pass is projected
+    # the first old-log-prob pass set the first Q from its activations (once): a second pass changes nothing
+    assert not codec.needs_bootstrap and not torch.equal(codec.live_basis, random_q)
+    bootstrapped = codec.live_basis.clone()
+    torch.testing.assert_close(_log_probs(actor, batch), old, rtol=0, atol=0)
+    assert torch.equal(codec.live_basis, bootstrapped)
     metrics = _update(actor, batch.union(type(batch).from_single_dict({"old_log_probs": old})))
     assert metrics["commeff/bytes/codec/sent"][0] < metrics["commeff/bytes/codec/dense_equiv"][0]  # train pass projected
 
