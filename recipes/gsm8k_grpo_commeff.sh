@@ -26,7 +26,8 @@ Q_CADENCE=${Q_CADENCE:-null}            # commeff.codec.q_cadence (null = CADENC
 MU=${MU:-1.0}                           # commeff.merger.age_decay (1.0 = off)
 MERGER=${MERGER:-signed_ema}            # commeff.merger.name (signed_ema | none)
 BETA=${BETA:-0.5}                       # commeff.anchor.beta (the anchor EMA; 0 = the latest M only)
-ADAPTIVE=${ADAPTIVE:-off}               # commeff.merger.adaptive.mode (off | ratio | cos)
+ADAPTIVE=${ADAPTIVE:-off}               # commeff.merger.adaptive.mode (off | ratio | cos | evidence)
+PROBE=${PROBE:-auto}                    # commeff.anchor.probe (auto: on with ADAPTIVE=evidence | on | off)
 LAMBDA_CAP=${LAMBDA_CAP:-1.0}           # commeff.merger.adaptive.cap
 SYNC=${SYNC:-strict}                    # commeff.anchor.sync (strict | free)
 SEED=${SEED:-0}                         # data.seed = rollout.seed = 42 + SEED (prompt order, sampling), commeff.codec.seed = SEED
@@ -169,6 +170,7 @@ commeff=(
     commeff.anchor.cadence="$CADENCE"
     commeff.anchor.placement="$PLACEMENT"
     commeff.anchor.sync="$SYNC"
+    commeff.anchor.probe="$PROBE"
     commeff.anchor.n_gpus_per_node="${ANCHOR_NGPUS:-$NGPUS}"
     commeff.merger.name="$MERGER"
     commeff.merger.alpha=0.25

@@ -175,6 +175,19 @@ class BoundaryCodec:
         """The staged bases waiting for :meth:`activate_staged`, (B, H, r) fp32, or None."""
         return self._staged
 
+    @contextlib.contextmanager
+    def live_basis_override(self, bases: torch.Tensor) -> Iterator["BoundaryCodec"]:
+        """Project through ``bases`` (B, H, r) instead of the live Q inside the block; the live Q
+        is restored on exit (the anchor's dose probe replays a tick with the Q the actor had then)."""
+        self._check_bases(bases, "live_basis_override bases")
+        saved, self._live = self._live, bases.to(device=self.device, dtype=BASIS_DTYPE)
+        self._cast_cache.clear()
+        try:
+            yield self
+        finally:
+            self._live = saved
+            self._cast_cache.clear()
+
     def _basis_as(self, dtype: torch.dtype) -> torch.Tensor:
         """The live bases cast to ``dtype`` (cached until the live basis changes)."""
         cast = self._cast_cache.get(dtype)
