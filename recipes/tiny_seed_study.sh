@@ -14,8 +14,9 @@
 #   k20_c20_gate     K=20 with beta=0 and the adaptive ratio gate, cap 0.5 (seed next step #4)
 # The staleness curve (issue 17), signed_ema at full dose, cadence max(K, 1): k0_c1 k1_c1 k2_c2 (with
 # k5_c5 and k20_c20 above). The same delays with the evidence dose (commeff.merger.adaptive.mode=evidence,
-# docs/method.md §4.3): ev_k0_c1 ev_k1_c1 ev_k2_c2 ev_k5_c5 ev_k20_c20. The anchor-measured codec error
-# instead of a sign (merger codec_error, same dose): ce_k0_c1 ce_k2_c2 ce_k5_c5.
+# lambda* in [0, 4/3], docs/method.md): ev_k0_c1 ev_k1_c1 ev_k2_c2 ev_k5_c5 ev_k20_c20; evcap1_k0_c1 caps
+# lambda* at 1; floor_k0_c1 is the floor with the K=0 arms' schedule (Q refreshed every tick).
+# PROBE=on (exported) adds the anchor's dose probe to every arm: its signals, without changing training.
 # It ends with `verl-commeff report` over all arms (baseline: dense; floor: the floor arm's terminal
 # validation). About 45 minutes on a 2-core CPU with the defaults; a benchmark, not a test.
 # Each arm runs once per seed in SEEDS (recipe knob SEED: prompt order, rollout and validation sampling,
@@ -51,14 +52,13 @@ declare -A ARM_KNOBS=(
     [k0_c1]="K=0 CADENCE=1"
     [k1_c1]="K=1 CADENCE=1"
     [k2_c2]="K=2 CADENCE=2"
-    [ev_k0_c1]="K=0 CADENCE=1 ADAPTIVE=evidence"
-    [ev_k1_c1]="K=1 CADENCE=1 ADAPTIVE=evidence"
-    [ev_k2_c2]="K=2 CADENCE=2 ADAPTIVE=evidence"
-    [ev_k5_c5]="K=5 CADENCE=5 ADAPTIVE=evidence"
-    [ev_k20_c20]="K=20 CADENCE=20 ADAPTIVE=evidence"
-    [ce_k0_c1]="K=0 CADENCE=1 MERGER=codec_error ADAPTIVE=evidence"
-    [ce_k2_c2]="K=2 CADENCE=2 MERGER=codec_error ADAPTIVE=evidence"
-    [ce_k5_c5]="K=5 CADENCE=5 MERGER=codec_error ADAPTIVE=evidence"
+    [floor_k0_c1]="MERGER=none K=0 CADENCE=1"
+    [ev_k0_c1]="K=0 CADENCE=1 ADAPTIVE=evidence LAMBDA_CAP=1.3333333333333333"
+    [ev_k1_c1]="K=1 CADENCE=1 ADAPTIVE=evidence LAMBDA_CAP=1.3333333333333333"
+    [ev_k2_c2]="K=2 CADENCE=2 ADAPTIVE=evidence LAMBDA_CAP=1.3333333333333333"
+    [ev_k5_c5]="K=5 CADENCE=5 ADAPTIVE=evidence LAMBDA_CAP=1.3333333333333333"
+    [ev_k20_c20]="K=20 CADENCE=20 ADAPTIVE=evidence LAMBDA_CAP=1.3333333333333333"
+    [evcap1_k0_c1]="K=0 CADENCE=1 ADAPTIVE=evidence LAMBDA_CAP=1.0"
 )
 for arm in $ARMS; do
     if [ -z "${ARM_KNOBS[$arm]+set}" ]; then
