@@ -102,6 +102,6 @@ done
 report=(--out "$OUT/report" --gate-step "$STEPS" --val-steps "$(seq -s, "$TEST_FREQ" "$TEST_FREQ" "$STEPS")")
 first_seed=${SEEDS%% *}
 [[ " $ARMS " == *" dense "* ]] && report+=(--baseline "dense_s$first_seed") || report+=(--baseline "${ARMS%% *}_s$first_seed")
-[[ " $ARMS " == *" floor "* ]] && report+=(--floor-arm "floor_s$first_seed")
+[[ " $ARMS " == *" floor "* ]] && report+=(--floor-arm "floor_s$first_seed") || report+=(--no-floor)
 verl-commeff report "${runs[@]}" "${report[@]}"
 echo "[study] done: figures and verdict in $OUT/report/"

@@ -45,5 +45,5 @@ EXP=commeff_k5_c5 K=5 CADENCE=5 PLACEMENT=separate bash recipes/gsm8k_grpo_comme
 echo "[demo] 3/3 report"
 verl-commeff report "dense=$OUT/logs/demo/dense.jsonl" "commeff_k5_c5=$OUT/logs/demo/commeff_k5_c5.jsonl" \
     --baseline dense --out "$OUT/report" --gate-step "$STEPS" --val-steps "$(seq -s, "$TEST_FREQ" "$TEST_FREQ" "$STEPS")" --skip-missing \
-    --floor 0  # the seed's 0.63 no-merger floor is a 1.5B figure; the tiny study (recipes/tiny_seed_study.sh) measures its own
+    --no-floor  # the seed's 0.63 no-merger floor is a 1.5B figure; the tiny study (recipes/tiny_seed_study.sh) measures its own
 echo "[demo] done in $(( $(date +%s) - start )) s: figures and verdict in $OUT/report/, metrics in $OUT/logs/demo/"

@@ -73,6 +73,8 @@ def add_report_parser(subparsers) -> None:
     floor.add_argument("--floor", type=float, default=0.63, help="no-merger floor for the terminal validation (default 0.63)")
     floor.add_argument("--floor-arm", metavar="NAME",
                        help="take the floor from this arm's terminal validation (e.g. the study's merger=none arm)")
+    floor.add_argument("--no-floor", action="store_true",
+                       help="no floor: no floor line, no floor column (when no no-merger arm ran)")
     parser.add_argument("--noise", type=non_negative_float, default=0.024, help="± noise band in val_accuracy.png (default 0.024)")
     parser.add_argument("--gate", type=non_negative_float, default=0.05, help="allowed val@gate-step degradation (default 0.05)")
     parser.add_argument("--gate-step", type=positive_int, default=50, help="the gated val@k step (default 50)")
@@ -110,7 +112,7 @@ def run_report(args: argparse.Namespace) -> int:
     except ValueError as error:
         args.usage_error(str(error))
     settings = VerdictSettings(baseline=args.baseline, val_steps=args.val_steps, gate_step=args.gate_step,
-                               gate=args.gate, floor=args.floor, tolerance=args.val_tolerance)
+                               gate=args.gate, floor=None if args.no_floor else args.floor, tolerance=args.val_tolerance)
     options = ReportOptions(out_dir=args.out, settings=settings, floor_arm=args.floor_arm, noise=args.noise, val_metric=args.val_metric,
                             skip_missing=args.skip_missing, spiral=spiral)
     result = write_report(args.runs, options, log=print)

@@ -167,3 +167,15 @@ def test_console_script_entry_point(seed_runs, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.startswith("verl-commeff report: error: run path not found")
     assert "Traceback" not in bad.stderr
+
+
+def test_no_floor_drops_the_floor_column_and_line(seed_runs, tmp_path):
+    """--no-floor (a study without a no-merger arm): no floor column, nothing BELOW, no floor in the figure's legend."""
+    assert report(seed_runs["jsonl"], tmp_path / "out", "--no-floor") == 0
+    verdict = (tmp_path / "out" / "verdict.md").read_text()
+    header = next(line for line in verdict.splitlines() if line.startswith("| Arm"))
+    assert "floor" not in header and "BELOW" not in verdict and "no no-merger floor" in verdict
+    rows = table_rows(verdict)
+    assert len(rows["K20"]) == len(header.strip("|").split("|")) - 1  # cells line up with the headers
+    with pytest.raises(SystemExit):  # --no-floor excludes --floor
+        report(seed_runs["jsonl"], tmp_path / "o2", "--no-floor", "--floor", "0.5")

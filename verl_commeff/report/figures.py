@@ -122,14 +122,14 @@ def save_step_plot(fig, ax, ylabel: str, title: str, path: Path) -> Path:
 
 
 def plot_val_accuracy(
-    validation: dict[str, pd.Series], colors: dict[str, str], floor: float, noise: float, path: Path
+    validation: dict[str, pd.Series], colors: dict[str, str], floor: Optional[float], noise: float, path: Path
 ) -> Path:
     """Figure 1: validation accuracy vs step per arm, ±noise band, no-merger floor line.
 
     Args:
         validation: arm → validation values indexed by step.
         colors: arm → colour.
-        floor: the no-merger floor (horizontal dashed line).
+        floor: the no-merger floor (horizontal dashed line); None draws none.
         noise: half-width of the shaded rollout-noise band around each curve.
         path: the PNG to write.
     """
@@ -140,7 +140,8 @@ def plot_val_accuracy(
         ax.fill_between(steps, values - noise, values + noise, color=colors[arm], alpha=0.15, linewidth=0)
         ax.plot(steps, values, marker="o", color=colors[arm], label=arm)
         ends.append((arm, steps[-1], float(values[-1])))
-    ax.axhline(floor, color="0.35", linestyle="--", linewidth=1, label=f"no-merger floor {floor:.4f}")
+    if floor is not None:
+        ax.axhline(floor, color="0.35", linestyle="--", linewidth=1, label=f"no-merger floor {floor:.4f}")
     low, high = ax.get_ylim()
     label_ys = spread_labels([value for _, _, value in ends], gap=0.04 * (high - low))
     for (arm, step, value), label_y in zip(ends, label_ys):  # end values, moved apart where they would overlap
