@@ -31,6 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from verl_commeff.report import figures  # noqa: E402
 from verl_commeff.report.errors import ReportError  # noqa: E402
 from verl_commeff.report.readers import read_metrics  # noqa: E402
 from verl_commeff.report.verdict import detect_val_metric, val_at, validation_series  # noqa: E402
@@ -156,7 +157,7 @@ def render_study(regimes: Sequence[Regime], val_steps: Sequence[int], floor: str
     return "\n".join(lines)
 
 
-def _ordered(arms: dict[str, ArmSeeds]) -> list[str]:
+def _ordered(arms: dict) -> list[str]:
     def key(name: str):
         m = DELAY_ARM.match(name)
         return (0, name) if m is None else (1, m["family"] or "", int(m["k"]))
@@ -200,30 +201,19 @@ def plot_staleness(regimes: Sequence[Regime], step: int, floor: str, dense: str,
 
 
 def plot_dose_signals(regimes: Sequence[Regime], path: Path) -> Optional[Path]:
-    """Per regime, the evidence arms' λ applied, λ*, cos(C, D) and held agreement over steps (mean over seeds)."""
-    panels = [("λ applied", "commeff/merger/lambda"), ("λ* (anchor)", "commeff/dose/lambda_star"),
-              ("cos(C, D)", "commeff/dose/cos_codec"), ("held M̄ agreement (|D|-weighted)", "commeff/dose/held_agree")]
-    rows = [r for r in regimes if any(n.startswith("ev_") for n in r.arms)]
+    """Per regime, each probed arm's dose and evidence over steps, averaged over its seeds
+    (:func:`~verl_commeff.report.figures.plot_dose_signals`)."""
+    rows = []
+    for regime in regimes:
+        means = {name: pd.concat(list(arm.steps.values())).groupby(level=0).mean()
+                 for name, arm in regime.arms.items() if name.startswith("ev_")}
+        dosed = figures.dose_arms(means)
+        if dosed:
+            rows.append((regime.name, {name: dosed[name] for name in _ordered(dosed)}))
     if not rows:
         return None
-    fig, axes = plt.subplots(len(rows), len(panels), figsize=(4 * len(panels), 3 * len(rows)), squeeze=False)
-    for r, regime in enumerate(rows):
-        for c, (title, metric) in enumerate(panels):
-            ax = axes[r][c]
-            for name in _ordered(regime.arms):
-                if not name.startswith("ev_"):
-                    continue
-                series = [t[metric].dropna() for t in regime.arms[name].steps.values() if metric in t.columns]
-                if series:
-                    ax.plot(pd.concat(series, axis=1).mean(axis=1), label=name)
-            ax.set_title(f"{regime.name}: {title}", fontsize=9)
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
-        axes[r][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    colors = figures.arm_colors(_ordered({name: None for _, arms in rows for name in arms}))
+    return figures.plot_dose_signals(rows, colors, path)
 
 
 def write_study(regime_dirs: Sequence[tuple[str, Path]], out: Path, val_steps: Sequence[int], floor: str = "floor",
