@@ -21,7 +21,7 @@ def test_held_m_bar_is_the_newest_accepted_fire_at_or_before_the_tick_and_old_on
     assert probe.held_at(20)[0] == 20 and probe.held_at(9)[0] == 5
     for fire in (25, 30):
         probe.record_held(fire, _m(fire))
-    assert sorted(probe._signs) == [20, 25, 30]  # ⌈K/cadence⌉ + 2 kept
+    assert sorted(probe._signs) == [10, 20, 25, 30]  # ⌈K/cadence⌉ + 3 kept (the held one, the one before, a spare)
     assert probe.held_at(9) is None  # pruned: no evidence rather than a wrong one
 
 
@@ -46,3 +46,17 @@ def test_evaluate_without_a_held_m_bar_reports_only_the_codec_loss():
     probe.record_held(1, d)
     evidence = probe.evaluate(1, d, lambda q: [-t for t in d])  # C = −D: the signs of M̄ fix every coordinate
     assert evidence["held_agree"] == 1.0 and evidence["lambda_star"] == 1.0 and evidence["held_age"] == 0.0
+
+
+def test_the_m_bar_held_before_is_scored_at_its_older_age():
+    """K=2, cadence 2: fire 6 replays tick 4, where fire 4's M̄ was held (age 0); fire 2's M̄ (age 2) is scored too.
+    Fire 2's M̄ has D's signs (it fixes C = −D everywhere: λ* = cap), fire 4's has the opposite (λ* = 0)."""
+    probe = DoseProbe(FireSchedule(delay_k=2, cadence=2, ticks_per_step=2), alpha=0.25, cap=1.0)
+    d = _m(7)
+    probe.record_held(2, d)
+    probe.record_held(4, [-t for t in d])
+    probe.record_held(6, d)  # after the replayed tick: not the held one
+    evidence = probe.evaluate(4, d, lambda q: [-t for t in d])
+    assert (evidence["held_age"], evidence["older_age"]) == (0.0, 2.0)
+    assert evidence["lambda_star"] == 0.0 and evidence["held_agree"] == 0.0
+    assert evidence["lambda_star_older"] == 1.0 and evidence["held_agree_older"] == 1.0

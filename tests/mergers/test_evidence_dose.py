@@ -151,3 +151,19 @@ def test_evidence_config_is_validated():
     with pytest.raises(CommEffConfigError, match="commeff.anchor.probe='yes' is not valid"):
         AnchorConfig(probe="yes")
     assert math.isfinite(DoseControl(AdaptiveLambdaConfig(mode="evidence")).evidence.lam)
+
+
+def test_the_dose_at_an_age_interpolates_between_the_measured_ages():
+    dose = EvidenceDose(prior=0.0, momentum=0.0, cap=1.0)
+    dose.take({"lambda_star": 0.8, "held_age": 0.0})  # no older M̄ scored yet: one λ for every age
+    assert [dose.at_age(a) for a in (0, 3, 9)] == [0.8, 0.8, 0.8]
+    dose.take({"lambda_star": 1.0, "held_age": 0.0, "lambda_star_older": 0.0, "older_age": 5.0})
+    assert [dose.at_age(a) for a in (0, 1, 4, 5, 7)] == pytest.approx([1.0, 0.8, 0.2, 0.0, 0.0])
+    again = EvidenceDose(prior=0.0, momentum=0.0, cap=1.0)
+    again.load_state_dict(dose.state_dict())
+    assert again.at_age(4) == pytest.approx(0.2)
+    assert dose.metrics()["commeff/dose/lambda_ema_older"] == 0.0
+    control = DoseControl(AdaptiveLambdaConfig(mode="evidence", momentum=0.0))
+    control.take_evidence({"lambda_star": 1.0, "held_age": 0.0, "lambda_star_older": 0.5, "older_age": 2.0})
+    lam, _ = control.dose(torch.zeros((), dtype=torch.float64), age=1)
+    assert lam.item() == pytest.approx(0.75)

@@ -8,8 +8,9 @@ data (``commeff.anchor.probe=on``):
    live on the actor at τ (the anchor keeps the actor's Q history: it computes every Q
    refresh itself when ``codec.q_source=anchor``);
 2. s = sign(M̄) of the M̄ the actor held at τ: under ``sync=strict``, the newest accepted
-   fire ≤ τ (with K = 0 that is this very fire); the probe keeps the last few M̄ as packed
-   sign bits, 1 bit per coordinate, keyed by fire tick;
+   fire ≤ τ (with K = 0 that is this very fire), and of the M̄ held before it (an older age of
+   the same kind); the probe keeps the last few M̄ as packed sign bits, 1 bit per coordinate,
+   keyed by fire tick;
 3. the global sums of :data:`~verl_commeff.mergers.evidence_dose.EVIDENCE_SUMS` (one
    all-reduce over the anchor's ranks), from which λ* and the signals follow in closed form
    (:func:`~verl_commeff.mergers.evidence_dose.evidence_from_sums`): host floats, sent to the
@@ -28,7 +29,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from verl_commeff.collectives import all_reduce_
-from verl_commeff.mergers.evidence_dose import evidence_from_sums, signed_ema_sums
+from verl_commeff.mergers.evidence_dose import evidence_from_sums, older_evidence, signed_ema_sums
 from verl_commeff.mergers.sign_bits import PackedSigns, pack_signs, sign_mask
 from verl_commeff.schedule import FireSchedule
 
@@ -46,8 +47,8 @@ class DoseProbe:
 
     def __init__(self, schedule: FireSchedule, alpha: float, cap: float):
         self.schedule, self.alpha, self.cap = schedule, float(alpha), float(cap)
-        # fires whose M̄ may still be the held one at a replayed tick: ⌈K/cadence⌉ + 1, one spare
-        self.keep_signs = -(-schedule.delay_k // schedule.cadence) + 2
+        # fires whose M̄ may be the held one at a replayed tick, or the one before it: ⌈K/cadence⌉ + 2, one spare
+        self.keep_signs = -(-schedule.delay_k // schedule.cadence) + 3
         # Q versions live during the last K + T ticks, one spare
         self.keep_bases = -(-(schedule.delay_k + schedule.ticks_per_step) // schedule.q_cadence) + 2
         self._signs: dict[int, PackedSigns] = {}  # fire tick -> sign(M̄) after that fire (local shards)
@@ -78,6 +79,9 @@ class DoseProbe:
         fire = max(fires)
         return fire, self._signs[fire]
 
+    def _masks(self, held: Optional[tuple[int, PackedSigns]]) -> list[torch.Tensor]:
+        return [sign_mask(bits, shape) for bits, shape in zip(held[1].bits, held[1].shapes)]
+
     def basis_at(self, tick: int) -> Optional[torch.Tensor]:
         """The Q live on the actor at ``tick`` (None without history)."""
         starts = [t for t, _ in self._bases]
@@ -95,7 +99,8 @@ class DoseProbe:
                forward/backward; it returns this rank's target gradients).
             3. This rank's partial sums, ONE all-reduce over the anchor's ranks, one host read.
             4. λ* and the signals (:func:`~verl_commeff.mergers.evidence_dose.evidence_from_sums`);
-               ``held_age``: ticks from the held M̄'s fire to ``source_tick``.
+               ``held_age``: ticks from the held M̄'s fire to ``source_tick``; for the M̄ held before
+               it, ``lambda_star_older``, ``held_agree_older`` and ``older_age``.
 
         Args:
             source_tick: the replayed tick τ.
@@ -106,18 +111,23 @@ class DoseProbe:
         held = self.held_at(source_tick)
         # Step 2: C.
         codec = list(through_codec(self.basis_at(source_tick)))
-        # Step 3: the sums.
+        # Step 3: the sums, for the held M̄ and the one held before it (both in one all-reduce).
+        older = self.held_at(held[0] - 1) if held is not None else None
         if held is None:
             positive = [torch.ones_like(d, dtype=torch.bool) for d in dense]  # only cos(C, D) is read
         else:
-            positive = [sign_mask(bits, shape) for bits, shape in zip(held[1].bits, held[1].shapes)]
-        sums = signed_ema_sums(codec, dense, positive, self.alpha)  # (10,)
+            positive = self._masks(held)
+        sums = [signed_ema_sums(codec, dense, positive, self.alpha)]  # (10,)
+        if older is not None:
+            sums.append(signed_ema_sums(codec, dense, self._masks(older), self.alpha))
         device = dense[0].device if dense else torch.device("cpu")
-        sums = all_reduce_(sums.to(device))
+        values = all_reduce_(torch.stack(sums).to(device)).tolist()  # (1 or 2, 10): the one host read
         # Step 4: the evidence.
-        evidence = evidence_from_sums(sums.tolist(), self.cap, held is not None)
+        evidence = evidence_from_sums(values[0], self.cap, held is not None)
         if held is not None:
             evidence["held_age"] = float(source_tick - held[0])
+        if older is not None:
+            evidence.update(older_evidence(values[1], self.cap), older_age=float(source_tick - older[0]))
         return evidence
 
     # ---- checkpointing ------------------------------------------------------------------

@@ -146,7 +146,7 @@ class DoseControl:
         """λ_t for one warm tick.
 
         Steps:
-            1. Adaptive off: λ_t = λ_0; ``evidence``: λ_t = the EMA of the anchor's λ*.
+            1. Adaptive off: λ_t = λ_0; ``evidence``: λ_t = the EMA of the anchor's λ* at this age.
             2. Adaptive on: push c_t unless it is non-finite or ``valid`` is False, c̄ = lower
                median of the last ``window`` pushed c_t (incl. this one),
                λ_t = clamp(λ_0 + κ·(c̄ − c_t), 0, λ_cap).
@@ -165,7 +165,7 @@ class DoseControl:
         decay = age_decay_factor(self.age_decay, age)
         # Step 1: the fixed dose, or the evidence dose (both host numbers).
         if self.mode == "evidence":
-            return torch.full((), self.evidence.lam * decay, dtype=STAT_DTYPE, device=c_t.device), None
+            return torch.full((), self.evidence.at_age(age) * decay, dtype=STAT_DTYPE, device=c_t.device), None
         if not self.adaptive:
             return torch.full((), self.lambda0 * decay, dtype=STAT_DTYPE, device=c_t.device), None
         # Step 2: the adaptive dose.

@@ -24,8 +24,11 @@ an EMA of λ* over fires (:class:`EvidenceDose`), starting from a prior (0: no e
 merge), so the actor does no extra host sync.
 
 The evidence is measured at the ticks the anchor replays: with ``cadence`` dividing K those
-are the ticks at which a new M̄ arrived (age 0); the ticks between fires use an M̄ up to
-``cadence − 1`` ticks older (``merger.age_decay`` still applies on top).
+are the ticks at which a new M̄ arrived (age 0), while the ticks between fires use an M̄ up
+to ``cadence − 1`` ticks older. So the anchor also scores the M̄ held before that one against
+the same D (age + cadence: ``lambda_star_older``), and the actor's dose at age a interpolates
+linearly between the two EMAs (:meth:`EvidenceDose.at_age`); ``merger.age_decay`` still
+applies on top.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-__all__ = ["EVIDENCE_SUMS", "EvidenceDose", "best_dose", "evidence_from_sums", "merged_cos", "signed_ema_sums"]
+__all__ = ["EVIDENCE_SUMS", "EvidenceDose", "best_dose", "evidence_from_sums", "merged_cos", "older_evidence",
+           "signed_ema_sums"]
 
 # The global sums the anchor all-reduces per fire, in this order (fp64).
 EVIDENCE_SUMS = (
@@ -118,6 +122,13 @@ def best_dose(sums: dict[str, float], cap: float) -> float:
     return best
 
 
+def older_evidence(values: Sequence[float], cap: float) -> dict[str, float]:
+    """``lambda_star_older`` and ``held_agree_older``: the M̄ held before the one at the replayed tick,
+    scored against the same C and D (its sums, :data:`EVIDENCE_SUMS`)."""
+    full = evidence_from_sums(values, cap, held=True)
+    return {"lambda_star_older": full["lambda_star"], "held_agree_older": full["held_agree"]}
+
+
 def evidence_from_sums(values: Sequence[float], cap: float, held: bool) -> dict[str, float]:
     """The host-side evidence of one fire from its global :data:`EVIDENCE_SUMS`.
 
@@ -151,9 +162,15 @@ class EvidenceDose:
 
     def __init__(self, prior: float, momentum: float, cap: float):
         self.prior, self.momentum, self.cap = float(prior), float(momentum), float(cap)
-        self.lam = self.prior
+        self.lam = self.prior  # the EMA of λ* at the measured age (``held_age``, 0 when cadence | K)
+        self.age = 0.0  # the last measured age
+        self.lam_older: Optional[float] = None  # the EMA of λ* for the M̄ held before (age + cadence)
+        self.age_older = 0.0
         self.fires = 0
         self._step: list[dict[str, float]] = []
+
+    def _ema(self, old: float, lam_star: float) -> float:
+        return self.momentum * old + (1.0 - self.momentum) * min(max(float(lam_star), 0.0), self.cap)
 
     def take(self, evidence: Optional[dict[str, float]]) -> None:
         """Fold one fire's evidence in (None, or no ``lambda_star``: nothing but the metrics)."""
@@ -162,14 +179,28 @@ class EvidenceDose:
         self._step.append(dict(evidence))
         if "lambda_star" not in evidence:
             return
-        lam_star = min(max(float(evidence["lambda_star"]), 0.0), self.cap)
-        self.lam = self.momentum * self.lam + (1.0 - self.momentum) * lam_star
+        self.lam = self._ema(self.lam, evidence["lambda_star"])
+        self.age = float(evidence.get("held_age", 0.0))
+        if "lambda_star_older" in evidence:
+            self.lam_older = self._ema(self.prior if self.lam_older is None else self.lam_older,
+                                       evidence["lambda_star_older"])
+            self.age_older = float(evidence["older_age"])
         self.fires += 1
+
+    def at_age(self, age: int) -> float:
+        """λ for an M̄ ``age`` ticks old: the EMA at the measured age, linearly towards the older M̄'s EMA
+        (clamped to the two ends; the measured-age EMA alone until an older M̄ was scored)."""
+        if self.lam_older is None or self.age_older <= self.age or age <= self.age:
+            return self.lam
+        share = min((age - self.age) / (self.age_older - self.age), 1.0)
+        return self.lam + share * (self.lam_older - self.lam)
 
     def metrics(self) -> dict[str, float]:
         """``commeff/dose/*``: λ (the EMA, before age decay), evidence fires so far, and the means
         of this step's evidence (``lambda_star``, ``cos_codec``, ...); resets the step."""
         out = {PREFIX + "lambda_ema": self.lam, PREFIX + "evidence_fires": float(self.fires)}
+        if self.lam_older is not None:
+            out[PREFIX + "lambda_ema_older"] = self.lam_older
         keys = sorted({k for e in self._step for k in e})
         for key in keys:
             values = [e[key] for e in self._step if key in e]
@@ -178,8 +209,8 @@ class EvidenceDose:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"lam": self.lam, "fires": self.fires, "step": list(self._step), "prior": self.prior,
-                "momentum": self.momentum}
+        return {"lam": self.lam, "age": self.age, "lam_older": self.lam_older, "age_older": self.age_older,
+                "fires": self.fires, "step": list(self._step), "prior": self.prior, "momentum": self.momentum}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output.
@@ -192,3 +223,4 @@ class EvidenceDose:
                 raise ValueError(f"EvidenceDose.load_state_dict: checkpoint {key}={state[key]!r} differs from "
                                  f"commeff.merger.adaptive.{key}={getattr(self, key)!r}")
         self.lam, self.fires, self._step = float(state["lam"]), int(state["fires"]), list(state["step"])
+        self.age, self.lam_older, self.age_older = float(state["age"]), state["lam_older"], float(state["age_older"])
