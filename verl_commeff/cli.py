@@ -133,8 +133,8 @@ def add_study_parser(subparsers) -> None:
     parser.add_argument("regimes", nargs="+", metavar="REGIME",
                         help="[NAME=]DIR: a directory of <arm>_s<seed>.jsonl runs; NAME defaults to the directory name")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created if missing)")
-    parser.add_argument("--val-steps", type=step_list, default=(5, 10, 15, 20), metavar="K,K,...",
-                        help="the val@k columns; the last is the final one (default 5,10,15,20)")
+    parser.add_argument("--val-steps", type=step_list, default=(0, 5, 10, 15, 20), metavar="K,K,...",
+                        help="the val@k columns; the last is the final one (default 0,5,10,15,20)")
     parser.add_argument("--floor", default="floor", metavar="ARM", help="the no-merger arm (default floor)")
     parser.add_argument("--dense", default="dense", metavar="ARM", help="the dense arm (default dense)")
     parser.add_argument("--noise", type=non_negative_float, default=0.03, help="± validation noise (default 0.03)")

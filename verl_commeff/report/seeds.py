@@ -126,7 +126,8 @@ def render_study(regimes: Sequence[Regime], val_steps: Sequence[int], floor: str
     final = val_steps[-1]
     lines = ["# Multi-seed study", "",
              f"val@k is the validation accuracy at step k; means over seeds; Δ floor = val@{final} − the floor arm's "
-             f"on the same seed (mean, and min over the seeds); gap = (arm − floor) / (dense − floor) on the means. "
+             f"on the same seed (mean, and min over the seeds); gap = Σ(arm − floor) / Σ(dense − floor) over the seeds "
+             f"the arm, the floor and dense all ran. "
              f"Validation noise: about ±{noise:g} per value.", ""]
     for regime in regimes:
         lines += [f"## {regime.name}", ""]
@@ -134,15 +135,12 @@ def render_study(regimes: Sequence[Regime], val_steps: Sequence[int], floor: str
         header = ["arm", "seeds"] + [f"val@{k}" for k in val_steps] + ["Δ floor (mean / min)", "gap recovered",
                                                                        "reward first→last"] + [c for c, _ in SIGNALS]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        f_final = _mean(list(f_arm.final(final).values())) if f_arm else float("nan")
-        d_final = _mean(list(d_arm.final(final).values())) if d_arm else float("nan")
         for name in _ordered(regime.arms):
             arm = regime.arms[name]
             vals = [_fmt(_mean([v[k] for v in arm.val.values() if k in v])) for k in val_steps]
             seeds, deltas = _paired(arm, f_arm, final)
             delta = f"{_mean(deltas):+.3f} / {min(deltas):+.3f}" if deltas and name != floor else "—"
-            mean_final = _mean(list(arm.final(final).values()))
-            gap = (mean_final - f_final) / (d_final - f_final) if d_arm and f_arm and d_final != f_final else float("nan")
+            gap = _gap(arm, f_arm, d_arm, final)
             reward = f"{_mean(list(arm.reward_first.values())):.3f}→{_mean(list(arm.reward_last.values())):.3f}"
             signals = [_fmt(_mean([s[c] for s in arm.signals.values() if c in s])) for c, _ in SIGNALS]
             lines.append("| " + " | ".join([name, ",".join(map(str, arm.seeds))] + vals
@@ -155,6 +153,17 @@ def render_study(regimes: Sequence[Regime], val_steps: Sequence[int], floor: str
             lines.append(f"- `{name}`: {per}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _gap(arm: ArmSeeds, floor: Optional[ArmSeeds], dense: Optional[ArmSeeds], step: int) -> float:
+    """The share of the floor→dense gap the arm recovers at ``step``, over the seeds all three ran:
+    Σ(arm − floor) / Σ(dense − floor); NaN without such seeds or without a gap."""
+    if floor is None or dense is None:
+        return float("nan")
+    a, f, d = arm.final(step), floor.final(step), dense.final(step)
+    seeds = sorted(set(a) & set(f) & set(d))
+    gap = sum(d[s] - f[s] for s in seeds)
+    return sum(a[s] - f[s] for s in seeds) / gap if seeds and gap != 0 else float("nan")
 
 
 def _ordered(arms: dict) -> list[str]:
