@@ -12,7 +12,8 @@
 #   grid_C_k5_c20    decoupling grid cell C: delay 5, cadence 20
 #   k20_c20_mu085    K=20 with age decay mu=0.85 (seed next step #2)
 #   k20_c20_gate     K=20 with beta=0 and the adaptive ratio gate, cap 0.5 (seed next step #4)
-# The staleness curve (issue 17), signed_ema at full dose, cadence max(K, 1): k0_c1 k1_c1 k2_c2 (with
+# The seed's arms above and the full-dose arms below pin ADAPTIVE=off (the recipe's default dose is the evidence
+# dose since issue 17). The staleness curve (issue 17), signed_ema at full dose, cadence max(K, 1): k0_c1 k1_c1 k2_c2 (with
 # k5_c5 and k20_c20 above). The same delays with the evidence dose (commeff.merger.adaptive.mode=evidence,
 # lambda* in [0, 4/3], docs/method.md): ev_k0_c1 ev_k1_c1 ev_k2_c2 ev_k5_c5 ev_k20_c20; evcap1_k0_c1 caps
 # lambda* at 1; floor_k0_c1 is the floor with the K=0 arms' schedule (Q refreshed every tick).
@@ -42,17 +43,17 @@ REPORT=${REPORT:-1}
 PRESET_DIR=${PRESET_DIR:-$OUT/tiny_preset}
 declare -A ARM_KNOBS=(
     [dense]=""
-    [floor]="MERGER=none K=5 CADENCE=5"
-    [k5_c5]="K=5 CADENCE=5"
-    [k20_c20]="K=20 CADENCE=20"
-    [grid_B_k20_c5]="K=20 CADENCE=5"
-    [grid_C_k5_c20]="K=5 CADENCE=20"
-    [k20_c20_mu085]="K=20 CADENCE=20 MU=0.85"
+    [floor]="MERGER=none K=5 CADENCE=5 ADAPTIVE=off"
+    [k5_c5]="K=5 CADENCE=5 ADAPTIVE=off"
+    [k20_c20]="K=20 CADENCE=20 ADAPTIVE=off"
+    [grid_B_k20_c5]="K=20 CADENCE=5 ADAPTIVE=off"
+    [grid_C_k5_c20]="K=5 CADENCE=20 ADAPTIVE=off"
+    [k20_c20_mu085]="K=20 CADENCE=20 MU=0.85 ADAPTIVE=off"
     [k20_c20_gate]="K=20 CADENCE=20 BETA=0 ADAPTIVE=ratio LAMBDA_CAP=0.5"
-    [k0_c1]="K=0 CADENCE=1"
-    [k1_c1]="K=1 CADENCE=1"
-    [k2_c2]="K=2 CADENCE=2"
-    [floor_k0_c1]="MERGER=none K=0 CADENCE=1"
+    [k0_c1]="K=0 CADENCE=1 ADAPTIVE=off"
+    [k1_c1]="K=1 CADENCE=1 ADAPTIVE=off"
+    [k2_c2]="K=2 CADENCE=2 ADAPTIVE=off"
+    [floor_k0_c1]="MERGER=none K=0 CADENCE=1 ADAPTIVE=off"
     [ev_k0_c1]="K=0 CADENCE=1 ADAPTIVE=evidence LAMBDA_CAP=1.3333333333333333"
     [ev_k1_c1]="K=1 CADENCE=1 ADAPTIVE=evidence LAMBDA_CAP=1.3333333333333333"
     [ev_k2_c2]="K=2 CADENCE=2 ADAPTIVE=evidence LAMBDA_CAP=1.3333333333333333"

@@ -218,7 +218,8 @@ class AdaptiveLambdaConfig(BaseConfig):
     #4), or driven by the anchor's evidence (issue 17).
 
     Args:
-        mode: ``off`` (λ_t = λ_0), ``ratio`` (c_t = ‖δ_t‖/‖G_t‖), ``cos`` (c_t = cos(G_t, M̄)) or
+        mode: ``evidence`` (the default since issue 17), ``off`` (λ_t = λ_0; with λ_0 = 1 the
+            seed's plain signed_ema), ``ratio`` (c_t = ‖δ_t‖/‖G_t‖), ``cos`` (c_t = cos(G_t, M̄)) or
             ``evidence`` (λ_t = an EMA over fires of the λ* ∈ [0, cap] the anchor measures: the
             dose that would have pointed the merged gradient closest to the dense one at the
             ticks it replays; needs ``anchor.probe``, see :mod:`verl_commeff.mergers.evidence_dose`).
@@ -226,17 +227,19 @@ class AdaptiveLambdaConfig(BaseConfig):
             seed's plain signed_ema.
         kappa: κ, the gain on the deviation of c_t from its running median; any real
             number (negative flips the direction).
-        cap: λ_cap, the upper clamp of λ_t (and of the anchor's λ*); ≥ 0.
+        cap: λ_cap, the upper clamp of λ_t (and of the anchor's λ*); ≥ 0, or None (the default):
+            1/(1 − merger.alpha) with mode ``evidence`` (the merge may go as far as G′ = |G| ⊙ sign(M̄);
+            4/3 at α = 0.25), 1 otherwise (resolved by :class:`MergerConfig`).
         window: number of past c_t values whose median is c̄; ≥ 1.
         prior: ``evidence``: λ_t before the first fire that carries a λ*; ≥ 0 (0: no evidence,
             no merge).
         momentum: ``evidence``: ρ of λ ← ρ·λ + (1 − ρ)·λ* per fire; in [0, 1) (0 = the latest λ*).
     """
 
-    mode: str = "off"
+    mode: str = "evidence"
     lambda0: float = 1.0
     kappa: float = 1.0
-    cap: float = 1.0
+    cap: Optional[float] = None
     window: int = 64
     prior: float = 0.0
     momentum: float = 0.5
@@ -245,7 +248,10 @@ class AdaptiveLambdaConfig(BaseConfig):
         _check_choice("commeff.merger.adaptive.mode", self.mode, DOSE_MODES)
         _check_float("commeff.merger.adaptive.lambda0", self.lambda0, 0.0, float("inf"))
         _check_float("commeff.merger.adaptive.kappa", self.kappa, float("-inf"), float("inf"))
-        _check_float("commeff.merger.adaptive.cap", self.cap, 0.0, float("inf"))
+        if self.cap is None and self.mode != "evidence":  # auto outside evidence: 1 (evidence: MergerConfig, from α)
+            object.__setattr__(self, "cap", 1.0)
+        if self.cap is not None:
+            _check_float("commeff.merger.adaptive.cap", self.cap, 0.0, float("inf"))
         _check_int("commeff.merger.adaptive.window", self.window, 1)
         _check_float("commeff.merger.adaptive.prior", self.prior, 0.0, float("inf"))
         _check_float("commeff.merger.adaptive.momentum", self.momentum, 0.0, 1.0, hi_open=True)
@@ -291,6 +297,9 @@ class MergerConfig(BaseConfig):
         _check_float("commeff.merger.age_decay", self.age_decay, 0.0, 1.0, lo_open=True)
         if isinstance(self.adaptive, dict):
             object.__setattr__(self, "adaptive", AdaptiveLambdaConfig(**self.adaptive))
+        if self.adaptive.cap is None:  # auto: the evidence dose may reach G′ = |G| ⊙ sign(M̄)
+            auto = 1.0 / (1.0 - self.alpha) if self.adaptive.mode == "evidence" and self.alpha < 1.0 else 1.0
+            object.__setattr__(self.adaptive, "cap", auto)
         _check_int("commeff.merger.checksum_every", self.checksum_every, 0)
         _check_choice("commeff.merger.kernels", self.kernels, KERNEL_MODES)
 
@@ -389,19 +398,27 @@ class CommEffConfig(BaseConfig):
         codec, anchor, evidence = self.codec, self.anchor, self.merger.adaptive.mode == "evidence"
         if anchor.probe == "auto":
             object.__setattr__(anchor, "probe", "on" if evidence else "off")
+        if evidence and anchor.sync != "strict":
+            raise CommEffConfigError(
+                f"commeff.merger.adaptive.mode='evidence' (the default) needs commeff.anchor.sync='strict' (got "
+                f"{anchor.sync!r}): the anchor must know which M̄ the actor held at the ticks it replays; with "
+                "sync='free' set commeff.merger.adaptive.mode to off, ratio or cos")
         if evidence and anchor.probe != "on":
             raise CommEffConfigError("commeff.merger.adaptive.mode='evidence' needs commeff.anchor.probe=on (or auto): "
                                      "the anchor measures the dose")
         if anchor.probe != "on":
             return
+        why = ("commeff.merger.adaptive.mode='evidence' (the default) turns commeff.anchor.probe on, which"
+               if evidence else "commeff.anchor.probe=on")
+        alternative = "; or set commeff.merger.adaptive.mode to off, ratio or cos" if evidence else ""
         if not anchor.enable:
-            raise CommEffConfigError("commeff.anchor.probe=on needs commeff.anchor.enable=True")
+            raise CommEffConfigError(f"{why} needs commeff.anchor.enable=True{alternative}")
         if anchor.sync != "strict":
             raise CommEffConfigError(f"commeff.anchor.probe=on needs commeff.anchor.sync='strict' (got {anchor.sync!r}): "
                                      "with 'free' the anchor cannot know which M̄ the actor held at a replayed tick")
         if codec.enable and codec.q_source != "anchor":
-            raise CommEffConfigError("commeff.anchor.probe=on needs commeff.codec.q_source='anchor' (the anchor then "
-                                     "keeps the actor's Q to compute the gradient through the codec)")
+            raise CommEffConfigError(f"{why} needs commeff.codec.q_source='anchor' (the anchor then keeps the actor's Q "
+                                     f"to compute the gradient through the codec){alternative}")
 
     @property
     def q_cadence(self) -> int:

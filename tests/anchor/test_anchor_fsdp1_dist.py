@@ -20,13 +20,14 @@ def _body(rank, world_size, model_dir):
     from tests.anchor.test_anchor_worker import _config, _dense_reference, _minibatch
     from tests.verl_harness import make_ppo_batch
     from verl_commeff.anchor.worker import AnchorWorker
-    from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig
+    from verl_commeff.config import AdaptiveLambdaConfig, AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
     from verl_commeff.workers.weight_shards import export_local_shards
 
     anchor = AnchorWorker(_config(model_dir, "fsdp"))
     anchor.init_model()
     cfg = CommEffConfig(codec=CodecConfig(rank=2, pp_size=2, q_source="anchor", init="random"),
-                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, transport="shards", probe="on"))
+                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, transport="shards", probe="on"),
+                        merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="off")))
     anchor.anchor_setup(cfg, ticks_per_step=1)
     q = anchor._anchor.codec.live_basis[0].clone()  # (H, r): the actor's Q at tick 1
     snapshot = export_local_shards(anchor.actor.engine.module)  # the checkpoint's weights, this rank's shards

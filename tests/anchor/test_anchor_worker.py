@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.verl_harness import compose_ppo_config, init_single_process_world, make_ppo_batch
-from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig
+from verl_commeff.config import AdaptiveLambdaConfig, AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
 
 STRATEGIES = ["fsdp", "fsdp2"]
 
@@ -61,7 +61,8 @@ def test_anchor_m_is_the_dense_gradient_at_the_snapshot_weights(strategy, tiny_m
 
     init_single_process_world()
     cfg = CommEffConfig(codec=CodecConfig(q_source="fast"),
-                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, transport="shards"))
+                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, transport="shards"),
+                        merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="off")))
 
     # generator weights that differ from the checkpoint: an actor after one update
     actor = ActorRolloutRefWorker(_config(tiny_model_dir, strategy), role="actor")
@@ -109,7 +110,8 @@ def test_colocated_anchor_offloads_between_fires(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(engine, "to", lambda device, **kw: moves.append((device, kw["model"])))
     monkeypatch.setattr(cpu_platform, "is_cpu_platform", lambda: False)  # behave as on a GPU node
     cfg = CommEffConfig(codec=CodecConfig(q_source="fast"),
-                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, transport="shards", placement="colocated"))
+                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, transport="shards", placement="colocated"),
+                        merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="off")))
     anchor.anchor_setup(cfg, ticks_per_step=1)
     assert moves == [("cpu", True)]  # offloaded right after set-up
     snapshot = export_local_shards(engine.module)
@@ -129,7 +131,8 @@ def test_fire_with_non_finite_gradient_is_rejected_and_m_bar_kept(tiny_model_dir
     anchor = AnchorWorker(_config(tiny_model_dir, "fsdp2"))
     anchor.init_model()
     anchor.anchor_setup(CommEffConfig(codec=CodecConfig(q_source="fast"),
-                                      anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.5, transport="shards")),
+                                      anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.5, transport="shards"),
+                                      merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="off"))),
                         ticks_per_step=1)
     good = export_local_shards(anchor.actor.engine.module)
     bad = [t.clone() for t in good]
@@ -155,7 +158,8 @@ def test_anchor_state_round_trip_makes_the_next_fire_exact(tiny_model_dir):
 
     init_single_process_world()
     cfg = CommEffConfig(codec=CodecConfig(q_source="anchor", rank=16, pp_size=2),
-                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.5, transport="shards"))
+                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.5, transport="shards"),
+                        merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="off")))
 
     def new_anchor():
         anchor = AnchorWorker(_config(tiny_model_dir, "fsdp2"))
@@ -203,7 +207,8 @@ def test_dose_probe_measures_the_codec_gradient_against_an_independent_projected
 
     init_single_process_world()
     cfg = CommEffConfig(codec=CodecConfig(rank=2, pp_size=2, q_source="anchor", init="random"),
-                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, transport="shards", probe="on"))
+                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, transport="shards", probe="on"),
+                        merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="off")))
     anchor = AnchorWorker(_config(tiny_model_dir, "fsdp2"))
     anchor.init_model()
     anchor.anchor_setup(cfg, ticks_per_step=1)

@@ -123,7 +123,7 @@ def test_merger_applies_the_evidence_dose_it_was_handed():
 
 
 def test_the_none_merger_logs_the_evidence_but_never_merges():
-    merger = build_merger(MergerConfig(name="none", kernels="eager"))
+    merger = build_merger(MergerConfig(name="none", kernels="eager", adaptive=AdaptiveLambdaConfig(mode="off")))
     merger.hold([torch.ones(4)], produced_tick=1, source_tick=1, evidence={"lambda_star": 1.0, "cos_codec": 0.4})
     g = [torch.randn(4)]
     before = g[0].clone()
@@ -131,26 +131,31 @@ def test_the_none_merger_logs_the_evidence_but_never_merges():
     torch.testing.assert_close(g[0], before, atol=0, rtol=0)
     metrics = merger.metrics()
     assert metrics["commeff/dose/lambda_star"] == 1.0 and "commeff/dose/lambda_ema" not in metrics
-    assert "commeff/dose/cos_codec" not in build_merger(MergerConfig(name="none", kernels="eager")).metrics()
+    assert "commeff/dose/cos_codec" not in build_merger(
+        MergerConfig(name="none", kernels="eager", adaptive=AdaptiveLambdaConfig(mode="off"))).metrics()
 
 
 def test_evidence_config_is_validated():
     cfg = CommEffConfig(merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="evidence")))
     assert cfg.anchor.probe == "on" and cfg.anchor.transport == "sign"
-    assert CommEffConfig().anchor.probe == "off"
+    assert CommEffConfig(merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="off"))).anchor.probe == "off"
+    assert CommEffConfig().anchor.probe == "on"  # the default dose is the evidence dose
+    with pytest.raises(ValueError, match="cap is unresolved"):
+        DoseControl(AdaptiveLambdaConfig(mode="evidence"))
     with pytest.raises(CommEffConfigError, match="needs commeff.anchor.probe=on"):
         CommEffConfig(anchor=AnchorConfig(probe="off"), merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="evidence")))
-    with pytest.raises(CommEffConfigError, match="sync='strict'"):
-        CommEffConfig(anchor=AnchorConfig(sync="free", probe="on"))
-    with pytest.raises(CommEffConfigError, match="q_source='anchor'"):
-        CommEffConfig(codec={"q_source": "fast"}, anchor=AnchorConfig(probe="on"))
+    off = MergerConfig(adaptive=AdaptiveLambdaConfig(mode="off"))
+    with pytest.raises(CommEffConfigError, match="commeff.anchor.probe=on needs commeff.anchor.sync='strict'"):
+        CommEffConfig(anchor=AnchorConfig(sync="free", probe="on"), merger=off)
+    with pytest.raises(CommEffConfigError, match="commeff.anchor.probe=on needs commeff.codec.q_source='anchor'"):
+        CommEffConfig(codec={"q_source": "fast"}, anchor=AnchorConfig(probe="on"), merger=off)
     with pytest.raises(CommEffConfigError, match="commeff.merger.adaptive.momentum=1.0 is out of range"):
         AdaptiveLambdaConfig(momentum=1.0)
     with pytest.raises(CommEffConfigError, match="commeff.merger.adaptive.prior=-0.1 is out of range"):
         AdaptiveLambdaConfig(prior=-0.1)
     with pytest.raises(CommEffConfigError, match="commeff.anchor.probe='yes' is not valid"):
         AnchorConfig(probe="yes")
-    assert math.isfinite(DoseControl(AdaptiveLambdaConfig(mode="evidence")).evidence.lam)
+    assert math.isfinite(DoseControl(AdaptiveLambdaConfig(mode="evidence", cap=1.0)).evidence.lam)
 
 
 def test_the_dose_at_an_age_interpolates_between_the_measured_ages():
@@ -163,7 +168,7 @@ def test_the_dose_at_an_age_interpolates_between_the_measured_ages():
     again.load_state_dict(dose.state_dict())
     assert again.at_age(4) == pytest.approx(0.2)
     assert dose.metrics()["commeff/dose/lambda_ema_older"] == 0.0
-    control = DoseControl(AdaptiveLambdaConfig(mode="evidence", momentum=0.0))
+    control = DoseControl(AdaptiveLambdaConfig(mode="evidence", momentum=0.0, cap=1.0))
     control.take_evidence({"lambda_star": 1.0, "held_age": 0.0, "lambda_star_older": 0.5, "older_age": 2.0})
     lam, _ = control.dose(torch.zeros((), dtype=torch.float64), age=1)
     assert lam.item() == pytest.approx(0.75)

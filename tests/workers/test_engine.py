@@ -6,7 +6,7 @@ import torch
 from tests.verl_harness import GradsAtStep, compose_ppo_config, init_single_process_world, make_ppo_batch
 from tests.verl_harness import log_probs as _log_probs
 from tests.verl_harness import update as _update
-from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
+from verl_commeff.config import AdaptiveLambdaConfig, AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
 from verl_commeff.workers.actor_state import AnchorResult, ReadyResult
 
 STRATEGIES = ["fsdp", "fsdp2"]
@@ -68,7 +68,7 @@ def _codec_only(rank):
     return CommEffConfig(
         codec=CodecConfig(rank=rank, pp_size=2, q_source="fast", q_cadence=1000),
         anchor=AnchorConfig(enable=False),
-        merger=MergerConfig(name="none"),
+        merger=MergerConfig(name="none", adaptive=AdaptiveLambdaConfig(mode="off")),
     )
 
 
@@ -124,7 +124,7 @@ def test_merged_gradient_is_the_library_merger_of_the_stock_gradient(strategy, t
     cfg = CommEffConfig(
         codec=CodecConfig(enable=False, q_source="fast"),
         anchor=AnchorConfig(delay_k=0, cadence=1),
-        merger=MergerConfig(alpha=0.25, age_decay=0.9),
+        merger=MergerConfig(alpha=0.25, age_decay=0.9, adaptive=AdaptiveLambdaConfig(mode="off")),
     )
     # verl clips after the merger, by the merged gradient's norm: compare unclipped, check the norm separately
     no_clip = ("actor_rollout_ref.actor.optim.clip_grad=1e9",)
@@ -182,7 +182,7 @@ def test_dp_codec_simulation_reaches_the_optimizer(tiny_model_dir):
     cfg = CommEffConfig(
         codec=CodecConfig(enable=False, q_source="fast"),
         anchor=AnchorConfig(enable=False),
-        merger=MergerConfig(name="none"),
+        merger=MergerConfig(name="none", adaptive=AdaptiveLambdaConfig(mode="off")),
         dp_codec=DPCodecConfig(enable=True, rank=2, start_iter=0, seed=1),
     )
     no_clip = ("actor_rollout_ref.actor.optim.clip_grad=1e9",)

@@ -93,6 +93,9 @@ class DoseControl:
     """
 
     def __init__(self, adaptive: "AdaptiveLambdaConfig", age_decay: float = 1.0):
+        if adaptive.cap is None:
+            raise ValueError("DoseControl: commeff.merger.adaptive.cap is unresolved (None): build the config through "
+                             "MergerConfig, which resolves it from the mode and alpha")
         self.mode = adaptive.mode
         self.lambda0 = float(adaptive.lambda0)
         self.kappa = float(adaptive.kappa)
