@@ -33,7 +33,8 @@ PROBE=${PROBE:-auto}                    # commeff.anchor.probe (auto: on with AD
 LAMBDA_CAP=${LAMBDA_CAP:-null}          # commeff.merger.adaptive.cap (null: 1/(1 - alpha) with evidence, else 1)
 SYNC=${SYNC:-strict}                    # commeff.anchor.sync (strict | free)
 SEED=${SEED:-0}                         # data.seed = rollout.seed = 42 + SEED (prompt order, sampling), commeff.codec.seed = SEED
-# CODEC_RANK (default 77; cpu_tiny 16): commeff.codec.rank, 1..hidden size. Not RANK: launchers set RANK per process.
+# CODEC_RANK (default 77; cpu_tiny 16): commeff.codec.rank, 1..hidden size. Not RANK: launchers (and torch.distributed
+#   tools) set RANK per process, so the recipe never reads it.
 # PP_SIZE (default 8; cpu_tiny 2): commeff.codec.pp_size, 2..decoder layers (boundaries = PP_SIZE - 1)
 DP_CODEC=${DP_CODEC:-0}                 # 1: commeff.dp_codec.enable (PowerSGD on the gradient across HSDP replicas)
 DP_RANK=${DP_RANK:-77}                  # commeff.dp_codec.rank
@@ -114,9 +115,6 @@ esac
 
 need_int CODEC_RANK "$CODEC_RANK" 1   # the upper bounds need the model: commeff.codec checks them at start-up
 need_int PP_SIZE "$PP_SIZE" 2
-if [ -n "${RANK:-}" ] && [ "$PRESET" = cpu_tiny ]; then   # cpu_tiny runs one node: no launcher set it
-    echo "RANK='$RANK' is set, but the codec rank knob is CODEC_RANK (RANK is a launcher's process rank)" >&2; exit 2
-fi
 
 # ---- overrides, grouped -----------------------------------------------------------------------------
 data=(
