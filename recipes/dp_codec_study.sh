@@ -39,6 +39,8 @@ declare -A ARM_KNOBS=(
 . "$HERE/arms.sh"
 # shellcheck disable=SC2086
 require_known_arms $ARMS
+# shellcheck disable=SC2086
+require_seeds $SEEDS
 
 export PRESET=cpu_tiny PRESET_DIR STEPS TEST_FREQ NGPUS=2 FSDP_SIZE=1 DP_START=0 PROJECT=dp_study
 export VERL_FILE_LOGGER_ROOT="$OUT/logs" TOKENIZERS_PARALLELISM=false

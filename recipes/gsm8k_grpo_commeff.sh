@@ -3,9 +3,11 @@
 #
 # The seed's locked surface (SPEC §7): Qwen2.5-1.5B-Instruct, train_batch 128, ppo_mini 64 (2 ticks per
 # step), n=8, lr 1e-6, response 2048, KL loss off, no KL in reward, entropy coeff 0, 4 GPUs, validation
-# every 25 steps. Defaults are the seed's K=5 arm (delay_k=5, cadence=5, 50 steps).
+# every 25 steps. Defaults are the seed's K=5 arm (delay_k=5, cadence=5, 50 steps) with the evidence dose
+# (issue 17); ADAPTIVE=off gives the seed's exact arm.
 #
-#   bash recipes/gsm8k_grpo_commeff.sh                          # K=5, cadence 5, 50 steps
+#   bash recipes/gsm8k_grpo_commeff.sh                          # K=5, cadence 5, 50 steps, the evidence dose
+#   ADAPTIVE=off bash recipes/gsm8k_grpo_commeff.sh             # the seed's exact K=5 arm (signed_ema at full dose)
 #   K=20 CADENCE=20 STEPS=100 bash recipes/gsm8k_grpo_commeff.sh # the K=20 arm
 #   DRY_RUN=1 bash recipes/gsm8k_grpo_commeff.sh                 # print the command, run nothing
 #   bash recipes/gsm8k_grpo_commeff.sh trainer.total_epochs=2    # extra verl/commeff overrides go last
@@ -26,11 +28,13 @@ Q_CADENCE=${Q_CADENCE:-null}            # commeff.codec.q_cadence (null = CADENC
 MU=${MU:-1.0}                           # commeff.merger.age_decay (1.0 = off)
 MERGER=${MERGER:-signed_ema}            # commeff.merger.name (signed_ema | none)
 BETA=${BETA:-0.5}                       # commeff.anchor.beta (the anchor EMA; 0 = the latest M only)
-ADAPTIVE=${ADAPTIVE:-off}               # commeff.merger.adaptive.mode (off | ratio | cos)
-LAMBDA_CAP=${LAMBDA_CAP:-1.0}           # commeff.merger.adaptive.cap
+ADAPTIVE=${ADAPTIVE:-evidence}          # commeff.merger.adaptive.mode (evidence | off: the seed's full dose | ratio | cos)
+PROBE=${PROBE:-auto}                    # commeff.anchor.probe (auto: on with ADAPTIVE=evidence | on | off)
+LAMBDA_CAP=${LAMBDA_CAP:-null}          # commeff.merger.adaptive.cap (null: 1/(1 - alpha) with evidence, else 1)
 SYNC=${SYNC:-strict}                    # commeff.anchor.sync (strict | free)
 SEED=${SEED:-0}                         # data.seed = rollout.seed = 42 + SEED (prompt order, sampling), commeff.codec.seed = SEED
-# CODEC_RANK (default 77; cpu_tiny 16): commeff.codec.rank, 1..hidden size. Not RANK: launchers set RANK per process.
+# CODEC_RANK (default 77; cpu_tiny 16): commeff.codec.rank, 1..hidden size. Not RANK: launchers (and torch.distributed
+#   tools) set RANK per process, so the recipe never reads it.
 # PP_SIZE (default 8; cpu_tiny 2): commeff.codec.pp_size, 2..decoder layers (boundaries = PP_SIZE - 1)
 DP_CODEC=${DP_CODEC:-0}                 # 1: commeff.dp_codec.enable (PowerSGD on the gradient across HSDP replicas)
 DP_RANK=${DP_RANK:-16}                  # commeff.dp_codec.rank
@@ -114,9 +118,6 @@ esac
 
 need_int CODEC_RANK "$CODEC_RANK" 1   # the upper bounds need the model: commeff.codec checks them at start-up
 need_int PP_SIZE "$PP_SIZE" 2
-if [ -n "${RANK:-}" ] && [ "$PRESET" = cpu_tiny ]; then   # cpu_tiny runs one node: no launcher set it
-    echo "RANK='$RANK' is set, but the codec rank knob is CODEC_RANK (RANK is a launcher's process rank)" >&2; exit 2
-fi
 
 # ---- overrides, grouped -----------------------------------------------------------------------------
 data=(
@@ -172,6 +173,7 @@ commeff=(
     commeff.anchor.cadence="$CADENCE"
     commeff.anchor.placement="$PLACEMENT"
     commeff.anchor.sync="$SYNC"
+    commeff.anchor.probe="$PROBE"
     commeff.anchor.n_gpus_per_node="${ANCHOR_NGPUS:-$NGPUS}"
     commeff.merger.name="$MERGER"
     commeff.merger.alpha=0.25

@@ -6,7 +6,7 @@
 # recipes/gsm8k_grpo_commeff.sh in its cpu_tiny preset (a locally built Qwen2-shaped model and
 # tokenizer, warm-started to a partial skill, generated GSM8K-format data), on which GRPO learns:
 #   1. the dense arm   (plugin off: verl's stock actor),
-#   2. the comm-eff arm (codec + signed_ema merger + separate anchor worker group, K=5, cadence 5),
+#   2. the comm-eff arm (codec + signed_ema merger with the evidence dose + separate anchor worker group, K=5, cadence 5),
 #   3. `verl-commeff report` over both: figures and verdict.md.
 # Outputs go to outputs/demo/ (metrics: outputs/demo/logs/<project>/<arm>.jsonl, via verl's file logger).
 # Knobs: STEPS (default 20), TEST_FREQ (default 5), OUT (default outputs/demo).
@@ -37,7 +37,7 @@ EXP=dense bash recipes/gsm8k_grpo_dense.sh trainer.default_local_dir="$OUT/ckpt/
     | tee "$OUT/dense.log" | progress demo "$STEPS" \
     || { tail -n 40 "$OUT/dense.log"; echo "[demo] the dense arm failed: see $OUT/dense.log" >&2; exit 1; }
 
-echo "[demo] 2/3 comm-eff arm (K=5, cadence 5, separate anchor group): log $OUT/commeff.log"
+echo "[demo] 2/3 comm-eff arm (K=5, cadence 5, separate anchor group, the evidence dose): log $OUT/commeff.log"
 EXP=commeff_k5_c5 K=5 CADENCE=5 PLACEMENT=separate bash recipes/gsm8k_grpo_commeff.sh \
     trainer.default_local_dir="$OUT/ckpt/commeff" 2>&1 | tee "$OUT/commeff.log" | progress demo "$STEPS" \
     || { tail -n 40 "$OUT/commeff.log"; echo "[demo] the comm-eff arm failed: see $OUT/commeff.log" >&2; exit 1; }
@@ -45,5 +45,5 @@ EXP=commeff_k5_c5 K=5 CADENCE=5 PLACEMENT=separate bash recipes/gsm8k_grpo_comme
 echo "[demo] 3/3 report"
 verl-commeff report "dense=$OUT/logs/demo/dense.jsonl" "commeff_k5_c5=$OUT/logs/demo/commeff_k5_c5.jsonl" \
     --baseline dense --out "$OUT/report" --gate-step "$STEPS" --val-steps "$(seq -s, "$TEST_FREQ" "$TEST_FREQ" "$STEPS")" --skip-missing \
-    --floor 0  # the seed's 0.63 no-merger floor is a 1.5B figure; the tiny study (recipes/tiny_seed_study.sh) measures its own
+    --no-floor  # the seed's 0.63 no-merger floor is a 1.5B figure; the tiny study (recipes/tiny_seed_study.sh) measures its own
 echo "[demo] done in $(( $(date +%s) - start )) s: figures and verdict in $OUT/report/, metrics in $OUT/logs/demo/"

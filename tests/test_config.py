@@ -18,7 +18,11 @@ def test_defaults_are_the_seed_k5_run():
     c = CommEffConfig()
     assert (c.codec.rank, c.codec.pp_size, c.codec.seed, c.codec.q_source) == (77, 8, 0, "anchor")
     assert (c.anchor.delay_k, c.anchor.cadence, c.anchor.beta) == (5, 5, 0.5)
-    assert (c.merger.name, c.merger.alpha, c.merger.age_decay, c.merger.adaptive.mode) == ("signed_ema", 0.25, 1.0, "off")
+    assert (c.merger.name, c.merger.alpha, c.merger.age_decay) == ("signed_ema", 0.25, 1.0)
+    # the dose: the evidence dose since issue 17 (its λ* up to 1/(1 − α)), which turns the anchor's probe on
+    assert (c.merger.adaptive.mode, c.merger.adaptive.cap, c.anchor.probe) == ("evidence", 4 / 3, "on")
+    seed = CommEffConfig(merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="off")))  # the seed's plain signed_ema
+    assert (seed.merger.adaptive.lambda0, seed.merger.adaptive.cap, seed.anchor.probe) == (1.0, 1.0, "off")
     assert c.q_cadence == 5
     assert len(c.anchor.targets) == 7
 
@@ -76,9 +80,20 @@ def test_model_dependent_checks():
 def test_cross_field_rules():
     with pytest.raises(CommEffConfigError, match="multiple of commeff.anchor.cadence=5"):
         CommEffConfig(codec=CodecConfig(q_cadence=7))
-    assert CommEffConfig(codec=CodecConfig(q_cadence=7, q_source="fast")).q_cadence == 7
+    off = MergerConfig(adaptive=AdaptiveLambdaConfig(mode="off"))
+    assert CommEffConfig(codec=CodecConfig(q_cadence=7, q_source="fast"), merger=off).q_cadence == 7
+    with pytest.raises(CommEffConfigError, match="mode='evidence' \\(the default\\) turns commeff.anchor.probe on, which "
+                                                 "needs commeff.codec.q_source='anchor'"):
+        CommEffConfig(codec=CodecConfig(q_source="fast"))
+    with pytest.raises(CommEffConfigError, match="mode='evidence' \\(the default\\) needs commeff.anchor.sync='strict'"):
+        CommEffConfig(anchor=AnchorConfig(sync="free"))
     with pytest.raises(CommEffConfigError, match="needs commeff.anchor.enable=True"):
         CommEffConfig(anchor=AnchorConfig(enable=False))
+    # No anchor: the merger stays cold, the default (evidence) dose asks nothing and the probe stays off.
+    no_anchor = CommEffConfig(anchor=AnchorConfig(enable=False), codec=CodecConfig(q_source="fast"))
+    assert no_anchor.anchor.probe == "off"
+    with pytest.raises(CommEffConfigError, match="commeff.anchor.probe=on needs commeff.anchor.enable=True"):
+        CommEffConfig(anchor=AnchorConfig(enable=False, probe="on"), codec=CodecConfig(q_source="fast"))
     with pytest.raises(CommEffConfigError, match="transport='sign'"):
         CommEffConfig(anchor=AnchorConfig(transport="sign"), merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="cos")))
 
@@ -156,7 +171,8 @@ def test_to_commeff_config_from_yaml_node_and_unknown_keys():
 
     from verl_commeff.config import to_commeff_config
 
-    node = OmegaConf.create({"_target_": "x", "codec": {"rank": 16, "q_source": "fast"}, "merger": {"adaptive": {"cap": 0.5}}})
+    node = OmegaConf.create({"_target_": "x", "codec": {"rank": 16, "q_source": "fast"},
+                             "merger": {"adaptive": {"mode": "ratio", "cap": 0.5}}})
     cfg = to_commeff_config(node)
     assert cfg.codec.rank == 16 and cfg.merger.adaptive.cap == 0.5
     with pytest.raises(CommEffConfigError, match=r"commeff.anchor.delay is not a knob: commeff.anchor has \[.*'delay_k'"):

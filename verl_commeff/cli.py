@@ -2,6 +2,7 @@
 
 Subcommands:
     report: the seed's figures and verdict table from one or more runs' metrics.
+    study: per-seed tables, the staleness curve and the dose signals of a multi-seed study.
 
 Exit status: 0 on success, 1 on a report error (one line on stderr, no traceback),
 2 on a usage error (argparse).
@@ -72,6 +73,8 @@ def add_report_parser(subparsers) -> None:
     floor.add_argument("--floor", type=float, default=0.63, help="no-merger floor for the terminal validation (default 0.63)")
     floor.add_argument("--floor-arm", metavar="NAME",
                        help="take the floor from this arm's terminal validation (e.g. the study's merger=none arm)")
+    floor.add_argument("--no-floor", action="store_true",
+                       help="no floor: no floor line, no floor column (when no no-merger arm ran)")
     parser.add_argument("--noise", type=non_negative_float, default=0.024, help="± noise band in val_accuracy.png (default 0.024)")
     parser.add_argument("--gate", type=non_negative_float, default=0.05, help="allowed val@gate-step degradation (default 0.05)")
     parser.add_argument("--gate-step", type=positive_int, default=50, help="the gated val@k step (default 50)")
@@ -109,7 +112,7 @@ def run_report(args: argparse.Namespace) -> int:
     except ValueError as error:
         args.usage_error(str(error))
     settings = VerdictSettings(baseline=args.baseline, val_steps=args.val_steps, gate_step=args.gate_step,
-                               gate=args.gate, floor=args.floor, tolerance=args.val_tolerance)
+                               gate=args.gate, floor=None if args.no_floor else args.floor, tolerance=args.val_tolerance)
     options = ReportOptions(out_dir=args.out, settings=settings, floor_arm=args.floor_arm, noise=args.noise, val_metric=args.val_metric,
                             skip_missing=args.skip_missing, spiral=spiral)
     result = write_report(args.runs, options, log=print)
@@ -118,11 +121,46 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_study_parser(subparsers) -> None:
+    """The ``study`` subcommand's arguments."""
+    parser = subparsers.add_parser(
+        "study",
+        help="per-seed tables and the staleness curve of a multi-seed study",
+        description="Read <arm>_s<seed>.jsonl runs (recipes/tiny_seed_study.sh with SEEDS) per regime directory and "
+        "write study.md (means over seeds, paired deltas against the floor arm, the share of the floor-to-dense gap "
+        "recovered, per-seed values, the anchor's signals), staleness.png and dose_signals.png.",
+    )
+    parser.add_argument("regimes", nargs="+", metavar="REGIME",
+                        help="[NAME=]DIR: a directory of <arm>_s<seed>.jsonl runs; NAME defaults to the directory name")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created if missing)")
+    parser.add_argument("--val-steps", type=step_list, default=(0, 5, 10, 15, 20), metavar="K,K,...",
+                        help="the val@k columns; the last is the final one (default 0,5,10,15,20)")
+    parser.add_argument("--floor", default="floor", metavar="ARM", help="the no-merger arm (default floor)")
+    parser.add_argument("--dense", default="dense", metavar="ARM", help="the dense arm (default dense)")
+    parser.add_argument("--noise", type=non_negative_float, default=0.03, help="± validation noise (default 0.03)")
+    parser.set_defaults(handler=run_study, usage_error=parser.error)
+
+
+def run_study(args: argparse.Namespace) -> int:
+    """Handler of ``study``."""
+    from verl_commeff.report.seeds import write_study
+
+    regimes = []
+    for text in args.regimes:
+        name, sep, path = text.partition("=")
+        directory = Path(path if sep else name)
+        regimes.append((name if sep else directory.name, directory))
+    for path in write_study(regimes, args.out, args.val_steps, args.floor, args.dense, args.noise):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand."""
     parser = argparse.ArgumentParser(prog=PROG, description="Tools for verl-commeff runs.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_report_parser(subparsers)
+    add_study_parser(subparsers)
     return parser
 
 

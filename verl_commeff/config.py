@@ -40,6 +40,9 @@ __all__ = [
 DP_PARAMS = ("targets", "all_2d")  # commeff.dp_codec.params
 FACTOR_PRECISIONS = ("full", "bf16")  # commeff.dp_codec.factor_precision
 ORTHOGONALIZATIONS = ("qr", "cholesky_qr2")  # commeff.dp_codec.orthogonalization
+CODEC_INITS = ("activations", "random")
+DOSE_MODES = ("off", "ratio", "cos", "evidence")
+PROBE_MODES = ("auto", "on", "off")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -88,6 +91,10 @@ class CodecConfig(BaseConfig):
         pp_size: number of simulated pipeline stages; 2 ≤ pp_size ≤ decoder layers.
             The last layer of every non-final stage is a boundary.
         seed: seed of the Q bootstrap orth(randn(H, r)), combined with the boundary index.
+        init: the first basis: ``activations`` (the top-r principal subspace of the boundary
+            activations of the actor's first old-log-prob batch, seen by one extra forward
+            before the first projected pass, then handed to the anchor) or ``random`` (the
+            seeded orth(randn(H, r)) itself, as before issue 17).
         q_source: who observes the activations that refresh Q: ``anchor`` (the anchor's
             dense forward at each fire; the seed's runs) or ``fast`` (the actor's own
             compressed forwards).
@@ -100,6 +107,7 @@ class CodecConfig(BaseConfig):
     rank: int = 77
     pp_size: int = 8
     seed: int = 0
+    init: str = "activations"
     q_source: str = "anchor"
     q_cadence: Optional[int] = None
 
@@ -107,6 +115,7 @@ class CodecConfig(BaseConfig):
         _check_int("commeff.codec.rank", self.rank, 1)
         _check_int("commeff.codec.pp_size", self.pp_size, 2)
         _check_int("commeff.codec.seed", self.seed, 0)
+        _check_choice("commeff.codec.init", self.init, CODEC_INITS)
         _check_choice("commeff.codec.q_source", self.q_source, ("anchor", "fast"))
         if self.q_cadence is not None:
             _check_int("commeff.codec.q_cadence", self.q_cadence, 1)
@@ -137,6 +146,14 @@ class AnchorConfig(BaseConfig):
             ``param_dtype``: bf16 on the GPU presets, fp32 on the CPU preset), ``fp32`` or
             ``bf16``. Lossless for the anchor's gradient only when its forward casts the
             parameters to that dtype anyway (FSDP mixed precision with that ``param_dtype``).
+        probe: the anchor's dose probe (:mod:`verl_commeff.anchor.dose_probe`): per fire, one more
+            forward/backward through the codec with the Q the actor had at the replayed tick,
+            compared with the dense gradient and the M̄ the actor held there; the result (λ*,
+            cos(C, D), the held M̄'s agreement with D) goes back with the fire and is logged as
+            ``commeff/dose/*``. ``auto`` (the default): on exactly when
+            ``merger.adaptive.mode=evidence`` (which needs it), ``on``, ``off``. Needs
+            ``sync=strict`` (the held M̄ at a replayed tick is then known) and, with the codec
+            on, ``codec.q_source=anchor`` (the anchor keeps the actor's Q).
         snapshot_keyframe_every: every this many snapshots the actor sends a dense keyframe
             instead of a delta against the previous snapshot; it bounds the chain the driver
             keeps to rebuild a restarted anchor's weights. 1 = every snapshot dense; ≥ 1.
@@ -165,6 +182,7 @@ class AnchorConfig(BaseConfig):
     sync: str = "strict"
     transport: str = "auto"
     snapshot_dtype: str = "auto"
+    probe: str = "auto"
     snapshot_keyframe_every: int = 32
     targets: tuple[str, ...] = DEFAULT_TARGETS
     n_gpus_per_node: int = 1
@@ -182,6 +200,7 @@ class AnchorConfig(BaseConfig):
         _check_choice("commeff.anchor.sync", self.sync, ("strict", "free"))
         _check_choice("commeff.anchor.transport", self.transport, ("auto", "shards", "sign"))
         _check_choice("commeff.anchor.snapshot_dtype", self.snapshot_dtype, ("auto", "fp32", "bf16"))
+        _check_choice("commeff.anchor.probe", self.probe, PROBE_MODES)
         _check_int("commeff.anchor.snapshot_keyframe_every", self.snapshot_keyframe_every, 1)
         if isinstance(self.targets, str) or len(self.targets) == 0 or not all(
             isinstance(t, str) and t for t in self.targets
@@ -198,30 +217,47 @@ class AnchorConfig(BaseConfig):
 
 @dataclass
 class AdaptiveLambdaConfig(BaseConfig):
-    """Adaptive dose λ_t = clamp(λ_0 + κ·(c̄ − c_t), 0, cap) (SPEC §4, seed next step #4).
+    """The dose λ_t: fixed, adaptive clamp(λ_0 + κ·(c̄ − c_t), 0, cap) (SPEC §4, seed next step
+    #4), or driven by the anchor's evidence (issue 17).
 
     Args:
-        mode: ``off`` (λ_t = λ_0), ``ratio`` (c_t = ‖δ_t‖/‖G_t‖) or ``cos`` (c_t = cos(G_t, M̄)).
+        mode: ``evidence`` (the default since issue 17), ``off`` (λ_t = λ_0; with λ_0 = 1 the
+            seed's plain signed_ema), ``ratio`` (c_t = ‖δ_t‖/‖G_t‖), ``cos`` (c_t = cos(G_t, M̄)) or
+            ``evidence`` (λ_t = an EMA over fires of the λ* ∈ [0, cap] the anchor measures: the
+            dose that would have pointed the merged gradient closest to the dense one at the
+            ticks it replays; needs ``anchor.probe``, see :mod:`verl_commeff.mergers.evidence_dose`).
         lambda0: λ_0, the base dose; ≥ 0. With mode ``off`` and λ_0 = 1 the merger is the
             seed's plain signed_ema.
         kappa: κ, the gain on the deviation of c_t from its running median; any real
             number (negative flips the direction).
-        cap: λ_cap, the upper clamp of λ_t; ≥ 0.
+        cap: λ_cap, the upper clamp of λ_t (and of the anchor's λ*); ≥ 0, or None (the default):
+            1/(1 − merger.alpha) with mode ``evidence`` (the merge may go as far as G′ = |G| ⊙ sign(M̄);
+            4/3 at α = 0.25), 1 otherwise (resolved by :class:`MergerConfig`).
         window: number of past c_t values whose median is c̄; ≥ 1.
+        prior: ``evidence``: λ_t before the first fire that carries a λ*; ≥ 0 (0: no evidence,
+            no merge).
+        momentum: ``evidence``: ρ of λ ← ρ·λ + (1 − ρ)·λ* per fire; in [0, 1) (0 = the latest λ*).
     """
 
-    mode: str = "off"
+    mode: str = "evidence"
     lambda0: float = 1.0
     kappa: float = 1.0
-    cap: float = 1.0
+    cap: Optional[float] = None
     window: int = 64
+    prior: float = 0.0
+    momentum: float = 0.5
 
     def __post_init__(self):
-        _check_choice("commeff.merger.adaptive.mode", self.mode, ("off", "ratio", "cos"))
+        _check_choice("commeff.merger.adaptive.mode", self.mode, DOSE_MODES)
         _check_float("commeff.merger.adaptive.lambda0", self.lambda0, 0.0, float("inf"))
         _check_float("commeff.merger.adaptive.kappa", self.kappa, float("-inf"), float("inf"))
-        _check_float("commeff.merger.adaptive.cap", self.cap, 0.0, float("inf"))
+        if self.cap is None and self.mode != "evidence":  # auto outside evidence: 1 (evidence: MergerConfig, from α)
+            object.__setattr__(self, "cap", 1.0)
+        if self.cap is not None:
+            _check_float("commeff.merger.adaptive.cap", self.cap, 0.0, float("inf"))
         _check_int("commeff.merger.adaptive.window", self.window, 1)
+        _check_float("commeff.merger.adaptive.prior", self.prior, 0.0, float("inf"))
+        _check_float("commeff.merger.adaptive.momentum", self.momentum, 0.0, 1.0, hi_open=True)
 
 
 @dataclass
@@ -268,6 +304,9 @@ class MergerConfig(BaseConfig):
         _check_float("commeff.merger.age_decay", self.age_decay, 0.0, 1.0, lo_open=True)
         if isinstance(self.adaptive, dict):
             object.__setattr__(self, "adaptive", AdaptiveLambdaConfig(**self.adaptive))
+        if self.adaptive.cap is None:  # auto: the evidence dose may reach G′ = |G| ⊙ sign(M̄)
+            auto = 1.0 / (1.0 - self.alpha) if self.adaptive.mode == "evidence" and self.alpha < 1.0 else 1.0
+            object.__setattr__(self.adaptive, "cap", auto)
         _check_int("commeff.merger.checksum_every", self.checksum_every, 0)
         _check_choice("commeff.merger.kernels", self.kernels, KERNEL_MODES)
 
@@ -391,6 +430,36 @@ class CommEffConfig(BaseConfig):
             )
         if anchor.transport == "auto":
             object.__setattr__(anchor, "transport", resolve_transport(self.merger))
+        self._check_probe()
+
+    def _check_probe(self) -> None:
+        """Resolve ``anchor.probe=auto`` and check what the probe and the evidence dose need."""
+        codec, anchor = self.codec, self.anchor
+        # Without an anchor the merger stays cold: no dose is ever applied, so the evidence dose asks nothing.
+        evidence = self.merger.adaptive.mode == "evidence" and anchor.enable
+        if anchor.probe == "auto":
+            object.__setattr__(anchor, "probe", "on" if evidence else "off")
+        if evidence and anchor.sync != "strict":
+            raise CommEffConfigError(
+                f"commeff.merger.adaptive.mode='evidence' (the default) needs commeff.anchor.sync='strict' (got "
+                f"{anchor.sync!r}): the anchor must know which M̄ the actor held at the ticks it replays; with "
+                "sync='free' set commeff.merger.adaptive.mode to off, ratio or cos")
+        if evidence and anchor.probe != "on":
+            raise CommEffConfigError("commeff.merger.adaptive.mode='evidence' needs commeff.anchor.probe=on (or auto): "
+                                     "the anchor measures the dose")
+        if anchor.probe != "on":
+            return
+        why = ("commeff.merger.adaptive.mode='evidence' (the default) turns commeff.anchor.probe on, which"
+               if evidence else "commeff.anchor.probe=on")
+        alternative = "; or set commeff.merger.adaptive.mode to off, ratio or cos" if evidence else ""
+        if not anchor.enable:
+            raise CommEffConfigError(f"{why} needs commeff.anchor.enable=True{alternative}")
+        if anchor.sync != "strict":
+            raise CommEffConfigError(f"commeff.anchor.probe=on needs commeff.anchor.sync='strict' (got {anchor.sync!r}): "
+                                     "with 'free' the anchor cannot know which M̄ the actor held at a replayed tick")
+        if codec.enable and codec.q_source != "anchor":
+            raise CommEffConfigError(f"{why} needs commeff.codec.q_source='anchor' (the anchor then keeps the actor's Q "
+                                     f"to compute the gradient through the codec){alternative}")
 
     @property
     def q_cadence(self) -> int:

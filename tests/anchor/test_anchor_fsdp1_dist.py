@@ -2,7 +2,9 @@
 
 With ``use_orig_params`` FSDP1 leaves ``p.grad=None`` for a parameter that has no elements
 in a rank's flat shard; the anchor must return an empty tensor there (as the actor does),
-and the per-rank flat pieces, concatenated in rank order, are the full gradient.
+and the per-rank flat pieces, concatenated in rank order, are the full gradient. The dose
+probe runs on the same shards (empty ones included): both ranks get the same evidence, equal
+to the closed form on a single-process reference.
 """
 
 import os
@@ -18,14 +20,16 @@ def _body(rank, world_size, model_dir):
     from tests.anchor.test_anchor_worker import _config, _dense_reference, _minibatch
     from tests.verl_harness import make_ppo_batch
     from verl_commeff.anchor.worker import AnchorWorker
-    from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig
+    from verl_commeff.config import AdaptiveLambdaConfig, AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
     from verl_commeff.workers.weight_shards import export_local_shards
 
     anchor = AnchorWorker(_config(model_dir, "fsdp"))
     anchor.init_model()
-    cfg = CommEffConfig(codec=CodecConfig(q_source="fast"),
-                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, transport="shards"))
+    cfg = CommEffConfig(codec=CodecConfig(rank=2, pp_size=2, q_source="anchor", init="random"),
+                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, transport="shards", probe="on"),
+                        merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="off")))
     anchor.anchor_setup(cfg, ticks_per_step=1)
+    q = anchor._anchor.codec.live_basis[0].clone()  # (H, r): the actor's Q at tick 1
     snapshot = export_local_shards(anchor.actor.engine.module)  # the checkpoint's weights, this rank's shards
     snapshots = [None] * world_size
     dist.all_gather_object(snapshots, snapshot)
@@ -51,6 +55,20 @@ def _body(rank, world_size, model_dir):
     for i, (name, want) in enumerate(zip(names, expected)):
         got = torch.cat([pieces[r][i] for r in range(world_size)])  # FSDP1 shards the flat param in rank order
         torch.testing.assert_close(got, want.reshape(-1), rtol=1e-4, atol=1e-6, msg=name)
+
+    # the dose probe: one all-reduce, so every rank holds the same floats; they match the by-hand reference
+    from verl_commeff.codec.stages import boundary_layers
+    from verl_commeff.mergers.evidence_dose import evidence_from_sums, signed_ema_sums
+
+    evidences = [None] * world_size
+    dist.all_gather_object(evidences, result.dose_evidence)
+    assert evidences[0] == evidences[1]
+    layer = boundary_layers(anchor.actor.engine.model_config.hf_config.num_hidden_layers, 2)[0]
+    projected = _dense_reference(model_dir, _full_state(model_dir), batch, names, project=(layer, q))
+    want = evidence_from_sums(signed_ema_sums(projected, expected, [e >= 0 for e in expected], 0.25).tolist(), 1.0,
+                              held=True)
+    for key in ("cos_codec", "lambda_star", "cos_merged", "held_agree"):
+        assert abs(result.dose_evidence[key] - want[key]) < 2e-4, (key, result.dose_evidence, want)
 
 
 def _full_state(model_dir):

@@ -15,7 +15,7 @@ import torch
 
 from tests.anchor.test_anchor_worker import _dense_reference, _minibatch
 from tests.verl_harness import compose_ppo_config, make_ppo_batch
-from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
+from verl_commeff.config import AdaptiveLambdaConfig, AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
 
 WORLD = 2
 
@@ -53,7 +53,7 @@ def test_separate_anchor_group_returns_the_dense_gradient_and_the_actor_merges_i
     config = compose_ppo_config(tiny_model_dir, "fsdp2", micro_batch=1).actor_rollout_ref
     cfg = CommEffConfig(codec=CodecConfig(q_source="fast", rank=16, pp_size=2),
                         anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, transport="shards"),
-                        merger=MergerConfig(checksum_every=1))  # the cross-rank check runs at tick 1
+                        merger=MergerConfig(checksum_every=1, adaptive=AdaptiveLambdaConfig(mode="off")))  # the cross-rank check runs at tick 1
     actor = _group(CommEffActorRolloutRefWorker, config, "actor")
     anchor = _group(AnchorWorker, config, "anchor", anchor_world)  # placement=separate: its own resource pool
     actor.init_model()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.verl_harness import compose_ppo_config, init_single_process_world, make_ppo_batch
-from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig
+from verl_commeff.config import AdaptiveLambdaConfig, AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
 
 STRATEGIES = ["fsdp", "fsdp2"]
 
@@ -24,12 +24,23 @@ def _minibatch(batch):
     return td
 
 
-def _dense_reference(model_dir, state_dict, batch, target_names):
-    """Plain HF + torch: token-mean GRPO policy gradient at ratio 1, −Σ A·log π / #tokens."""
+def _dense_reference(model_dir, state_dict, batch, target_names, project=None):
+    """Plain HF + torch: token-mean GRPO policy gradient at ratio 1, −Σ A·log π / #tokens.
+
+    ``project=(layer, Q)``: decoder layer ``layer``'s output h is replaced by h·Q·Qᵀ (the codec, by hand)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="sdpa")
     model.load_state_dict(state_dict)
+    if project is not None:
+        layer, q = project
+
+        def hook(module, args, output):
+            h = output[0] if isinstance(output, tuple) else output
+            hq = h @ q @ q.T
+            return (hq, *output[1:]) if isinstance(output, tuple) else hq
+
+        model.model.layers[layer].register_forward_hook(hook)
     b = batch.batch
     logits = model(b["input_ids"], attention_mask=b["attention_mask"], position_ids=b["position_ids"]).logits
     r = b["responses"].shape[1]
@@ -50,7 +61,8 @@ def test_anchor_m_is_the_dense_gradient_at_the_snapshot_weights(strategy, tiny_m
 
     init_single_process_world()
     cfg = CommEffConfig(codec=CodecConfig(q_source="fast"),
-                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, transport="shards"))
+                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, transport="shards"),
+                        merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="off")))
 
     # generator weights that differ from the checkpoint: an actor after one update
     actor = ActorRolloutRefWorker(_config(tiny_model_dir, strategy), role="actor")
@@ -98,7 +110,8 @@ def test_colocated_anchor_offloads_between_fires(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(engine, "to", lambda device, **kw: moves.append((device, kw["model"])))
     monkeypatch.setattr(cpu_platform, "is_cpu_platform", lambda: False)  # behave as on a GPU node
     cfg = CommEffConfig(codec=CodecConfig(q_source="fast"),
-                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, transport="shards", placement="colocated"))
+                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, transport="shards", placement="colocated"),
+                        merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="off")))
     anchor.anchor_setup(cfg, ticks_per_step=1)
     assert moves == [("cpu", True)]  # offloaded right after set-up
     snapshot = export_local_shards(engine.module)
@@ -118,7 +131,8 @@ def test_fire_with_non_finite_gradient_is_rejected_and_m_bar_kept(tiny_model_dir
     anchor = AnchorWorker(_config(tiny_model_dir, "fsdp2"))
     anchor.init_model()
     anchor.anchor_setup(CommEffConfig(codec=CodecConfig(q_source="fast"),
-                                      anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.5, transport="shards")),
+                                      anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.5, transport="shards"),
+                                      merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="off"))),
                         ticks_per_step=1)
     good = export_local_shards(anchor.actor.engine.module)
     bad = [t.clone() for t in good]
@@ -144,7 +158,8 @@ def test_anchor_state_round_trip_makes_the_next_fire_exact(tiny_model_dir):
 
     init_single_process_world()
     cfg = CommEffConfig(codec=CodecConfig(q_source="anchor", rank=16, pp_size=2),
-                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.5, transport="shards"))
+                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.5, transport="shards"),
+                        merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="off")))
 
     def new_anchor():
         anchor = AnchorWorker(_config(tiny_model_dir, "fsdp2"))
@@ -179,3 +194,51 @@ def test_anchor_state_round_trip_makes_the_next_fire_exact(tiny_model_dir):
     # control: without the restored state, fire 3 differs (fresh EMA, bootstrap Q): the check above can fail
     fresh = fire(new_anchor(), 3)
     assert fresh.ema_updates == 1 and not torch.equal(fresh.q_fingerprint, want.q_fingerprint)
+
+
+def test_dose_probe_measures_the_codec_gradient_against_an_independent_projected_reference(tiny_model_dir):
+    """anchor.probe=on, K=0: the fire's evidence equals the closed form on a plain-HF reference: C = the same loss's
+    gradient with the boundary output replaced by h·Q·Qᵀ (the anchor's live Q), D = the dense gradient, s = sign(M̄)
+    = sign(D) (first fire, β = 0)."""
+    from verl_commeff.anchor.worker import AnchorWorker
+    from verl_commeff.codec.stages import boundary_layers
+    from verl_commeff.mergers.evidence_dose import evidence_from_sums, signed_ema_sums
+    from verl_commeff.workers.weight_shards import export_local_shards
+
+    init_single_process_world()
+    cfg = CommEffConfig(codec=CodecConfig(rank=2, pp_size=2, q_source="anchor", init="random"),
+                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.0, transport="shards", probe="on"),
+                        merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="off")))
+    anchor = AnchorWorker(_config(tiny_model_dir, "fsdp2"))
+    anchor.init_model()
+    anchor.anchor_setup(cfg, ticks_per_step=1)
+    module = anchor.actor.engine.module
+    snapshot = export_local_shards(module)
+    state = {n.replace("_fsdp_wrapped_module.", ""): (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+             for n, p in module.named_parameters()}
+    q = anchor._anchor.codec.live_basis[0].clone()  # (H, r): the Q live on the "actor" at tick 1
+    batch = make_ppo_batch(seed=12)
+    result = anchor.anchor_fire(fire_tick=1, source_tick=1, minibatch=_minibatch(batch), snapshot=[snapshot])
+
+    names = [n for n, _ in anchor._anchor.targets]
+    dense = _dense_reference(tiny_model_dir, state, batch, names)
+    from transformers import AutoConfig
+
+    layer = boundary_layers(AutoConfig.from_pretrained(tiny_model_dir).num_hidden_layers, 2)[0]
+    projected = _dense_reference(tiny_model_dir, state, batch, names, project=(layer, q))
+    sums = signed_ema_sums(projected, dense, [d >= 0 for d in dense], alpha=0.25)
+    want = evidence_from_sums(sums.tolist(), cap=1.0, held=True)
+    got = result.dose_evidence
+    assert result.backwards == 4  # the dense pass and the probe's pass, 2 micro-batches each
+    assert got["held_age"] == 0.0 and got["held_agree"] == 1.0
+    for key in ("cos_codec", "cos_merged", "cos_full", "lambda_star"):
+        assert got[key] == pytest.approx(want[key], abs=2e-4), key
+    assert got["cos_codec"] < 0.99  # r = 2 of 64 loses a part of the gradient: the probe really projected
+    # the probe leaves M (= the dense gradient) untouched
+    for name, m, want_m in zip(names, result.m_bar, dense):
+        torch.testing.assert_close(m.reshape(want_m.shape), want_m, rtol=1e-4, atol=1e-6, msg=name)
+    # the fire refreshed Q (q_cadence 1): the probe knows the actor has it live from the next step (tick 2) on
+    probe = anchor._anchor.probe
+    torch.testing.assert_close(probe.basis_at(1)[0], q, atol=0, rtol=0)
+    torch.testing.assert_close(probe.basis_at(2), anchor._anchor.codec.live_basis, atol=0, rtol=0)
+    assert not torch.equal(probe.basis_at(2)[0], q)

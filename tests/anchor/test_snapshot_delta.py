@@ -226,14 +226,15 @@ def test_anchor_weights_equal_the_actor_snapshot_bit_for_bit_through_the_worker(
     from tests.anchor.test_anchor_worker import _config, _minibatch
     from tests.verl_harness import init_single_process_world, log_probs, make_ppo_batch, update
     from verl_commeff.anchor.worker import AnchorWorker
-    from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig
+    from verl_commeff.config import AdaptiveLambdaConfig, AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
 
     init_single_process_world()
     actor = ActorRolloutRefWorker(_config(tiny_model_dir, "fsdp2"), role="actor")
     actor.init_model()
     anchor = AnchorWorker(_config(tiny_model_dir, "fsdp2"))
     anchor.init_model()
-    anchor.anchor_setup(CommEffConfig(codec=CodecConfig(q_source="fast"), anchor=AnchorConfig(delay_k=0, cadence=1)),
+    anchor.anchor_setup(CommEffConfig(codec=CodecConfig(q_source="fast"), anchor=AnchorConfig(delay_k=0, cadence=1),
+                                      merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="off"))),
                         ticks_per_step=1)
     encoder = SnapshotEncoder(torch.float32)
     for tick in (1, 2):

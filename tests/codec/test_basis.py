@@ -120,3 +120,28 @@ def test_warm_started_power_step_converges_to_the_top_r_subspace_of_a_stream():
     assert max(distances[-3:]) < 0.1
     cosines = torch.linalg.svdvals(Q.T @ top)  # cosines of the principal angles
     assert cosines.min() > 0.99
+
+
+def test_principal_basis_spans_the_top_right_singular_vectors_of_the_activations():
+    """Independent reference: the top-r right singular vectors of A (float64 SVD) span the same subspace."""
+    from verl_commeff.codec.basis import principal_basis
+
+    gen = torch.Generator().manual_seed(3)
+    scales = torch.linspace(3.0, 0.1, 16, dtype=torch.float64)  # distinct singular values
+    A = torch.randn(200, 16, generator=gen, dtype=torch.float64) * scales  # (tokens, H)
+    Q = principal_basis((A.T @ A).float().unsqueeze(0), 4)[0]  # (H, r)
+    torch.testing.assert_close(Q.T @ Q, torch.eye(4), atol=1e-5, rtol=0)
+    _, _, Vh = torch.linalg.svd(A, full_matrices=False)
+    top = Vh[:4].T  # (H, r)
+    torch.testing.assert_close((Q.double() @ Q.double().T), top @ top.T, atol=1e-4, rtol=0)
+    # Eckart–Young: no rank-4 basis keeps more of Σ‖h‖² than this one; a random one keeps less
+    kept = lambda basis: (A @ basis.double()).pow(2).sum()
+    random = torch.linalg.qr(torch.randn(16, 4, generator=gen, dtype=torch.float64))[0]
+    assert kept(Q) > kept(random)
+    torch.testing.assert_close(kept(Q), (A @ top).pow(2).sum(), rtol=1e-5, atol=0)
+    # deterministic, and a zero Gram still gives orthonormal columns
+    torch.testing.assert_close(principal_basis((A.T @ A).float().unsqueeze(0), 4)[0], Q, atol=0, rtol=0)
+    Z = principal_basis(torch.zeros(1, 16, 16), 4)[0]
+    torch.testing.assert_close(Z.T @ Z, torch.eye(4), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="rank=17"):
+        principal_basis(torch.eye(16).unsqueeze(0), 17)

@@ -423,3 +423,55 @@ def test_no_host_reads_from_codec_code_outside_metrics(monkeypatch):
     assert offenders == []
     metrics = codec.metrics()  # the one allowed read
     assert metrics["commeff/codec/q_updates"] == 1
+
+
+def test_bootstrap_pass_is_inert_and_sets_the_principal_subspace_of_what_it_saw():
+    """init=activations: the bootstrap pass changes no output; finish_bootstrap makes Q the top-r eigenvectors
+    of Σ hᵀh over the boundary outputs it saw (reference: float64 eigh of the captured h), live at once."""
+    model = tiny_qwen2(num_layers=4)
+    ids = token_batch(seed=4)
+    plain, _ = _run(model, ids)
+    raw = Capture(model.model.layers[1])
+    codec = BoundaryCodec(codec_config(rank=8, pp_size=2, init="activations"), HIDDEN, 4).install(model)
+    random_q = codec.live_basis.clone()
+    assert codec.needs_bootstrap
+    logits, _ = _run(model, ids, codec, "bootstrap")
+    torch.testing.assert_close(logits, plain, atol=0, rtol=0)  # inert
+    torch.testing.assert_close(codec.live_basis, random_q, atol=0, rtol=0)  # nothing moves before finish
+    bases = codec.finish_bootstrap()
+    assert not codec.needs_bootstrap and codec.staged_basis is None
+    torch.testing.assert_close(codec.live_basis, bases, atol=0, rtol=0)
+    h = raw.outputs[0].detach().double().reshape(-1, HIDDEN)  # (tokens, H)
+    _, vectors = torch.linalg.eigh(h.T @ h)
+    top = vectors[:, -8:]  # (H, r)
+    Q = codec.live_basis[0].double()
+    torch.testing.assert_close(Q @ Q.T, top @ top.T, atol=1e-4, rtol=0)
+    # the next projected pass loses less of h than the random first basis would have
+    err = lambda basis: (h - h @ basis @ basis.T).norm() / h.norm()
+    assert err(Q) < err(random_q[0].double())
+    assert codec.metrics()["commeff/codec/q_updates"] == 1
+    with pytest.raises(RuntimeError, match="already set"):
+        codec.finish_bootstrap()
+
+
+def test_bootstrap_state_round_trip_and_clear_errors():
+    model = tiny_qwen2(num_layers=4)
+    codec = BoundaryCodec(codec_config(rank=8, pp_size=2, init="activations"), HIDDEN, 4).install(model)
+    with pytest.raises(RuntimeError, match="observed no activations"):
+        codec.finish_bootstrap()
+    fresh = BoundaryCodec(codec_config(rank=8, pp_size=2, init="activations"), HIDDEN, 4)
+    fresh.load_state_dict(codec.state_dict())
+    assert fresh.needs_bootstrap  # a checkpoint taken before the first batch still bootstraps
+    _run(model, token_batch(seed=5), codec, "bootstrap")
+    codec.finish_bootstrap()
+    fresh.load_state_dict(codec.state_dict())
+    assert not fresh.needs_bootstrap
+    torch.testing.assert_close(fresh.live_basis, codec.live_basis, atol=0, rtol=0)
+    old = codec.state_dict()
+    del old["bootstrapped"]  # a checkpoint from before the knob: past its first basis
+    fresh = BoundaryCodec(codec_config(rank=8, pp_size=2, init="activations"), HIDDEN, 4)
+    fresh.load_state_dict(old)
+    assert not fresh.needs_bootstrap
+    assert not BoundaryCodec(codec_config(rank=8, pp_size=2, init="random"), HIDDEN, 4).needs_bootstrap
+    with pytest.raises(ValueError, match="commeff.codec.init='pca'"):
+        CodecConfig(init="pca")

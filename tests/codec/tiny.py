@@ -32,8 +32,9 @@ def token_batch(batch: int = 2, seq: int = 12, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (batch, seq), generator=gen)
 
 
-def codec_config(rank: int = 8, pp_size: int = 2, q_source: str = "fast", seed: int = 0) -> CodecConfig:
-    return CodecConfig(rank=rank, pp_size=pp_size, q_source=q_source, seed=seed)
+def codec_config(rank: int = 8, pp_size: int = 2, q_source: str = "fast", seed: int = 0,
+                 init: str = "random") -> CodecConfig:
+    return CodecConfig(rank=rank, pp_size=pp_size, q_source=q_source, seed=seed, init=init)
 
 
 class Capture:

@@ -32,13 +32,15 @@ def commeff_run(tmp_path_factory, learnable_preset):
 
 
 @pytest.fixture(scope="session")
-def dense_run(tmp_path_factory, learnable_preset):
-    """recipes/gsm8k_grpo_dense.sh (plugin off), same steps, no validation."""
-    tmp = tmp_path_factory.mktemp("dense_run")
-    env = recipe_env(tmp, learnable_preset, "dense", STEPS=STEPS, TEST_FREQ=-1)
-    run(["bash", "recipes/gsm8k_grpo_dense.sh", f"trainer.default_local_dir={tmp / 'ckpt'}",
-         "trainer.val_before_train=False"], env, tmp, "dense")
-    return records(tmp, "dense")
+def floor_run(tmp_path_factory, learnable_preset):
+    """The no-merger floor under the same schedule (MERGER=none, K=0, cadence 1), validated at its last step
+    only (val@0 is the commeff_run's: same preset, same validation seeds)."""
+    tmp = tmp_path_factory.mktemp("floor_run")
+    env = recipe_env(tmp, learnable_preset, "floor", STEPS=STEPS, TEST_FREQ=STEPS, K=K, CADENCE=CADENCE, MERGER="none",
+                     ADAPTIVE="off", PROBE="off")  # no dose, no probe: the anchor only fires and refreshes Q
+    run(["bash", "recipes/gsm8k_grpo_commeff.sh", f"trainer.default_local_dir={tmp / 'ckpt'}",
+         "trainer.val_before_train=False"], env, tmp, "floor")
+    return records(tmp, "floor")
 
 
 

@@ -18,8 +18,8 @@ class FlippedSignedEMAMerger(SignedEMAMerger):
     name = "signed_ema_flipped"
     signs_suffice = False  # it negates M̄ itself: anchor.transport=auto resolves to shards
 
-    def hold(self, m_bar, produced_tick, source_tick, fingerprints=None):
+    def hold(self, m_bar, produced_tick, source_tick, fingerprints=None, evidence=None):
         if isinstance(m_bar, PackedSigns):
             raise ValueError("signed_ema_flipped needs commeff.anchor.transport=shards")
         # the anchor's fingerprints are of the M̄ it sent, not of its negation: leave this one unchecked
-        super().hold([-m for m in m_bar], produced_tick, source_tick, fingerprints=None)
+        super().hold([-m for m in m_bar], produced_tick, source_tick, fingerprints=None, evidence=evidence)

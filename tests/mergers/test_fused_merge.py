@@ -42,7 +42,7 @@ def _plain_merge(gs, ms, alpha, lam):
 @pytest.mark.parametrize("transport", ["sign", "shards"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_merge_is_bit_identical_to_the_plain_formula_across_holds(transport, dtype, kernels):
-    merger = build_merger(MergerConfig(alpha=0.25, age_decay=0.8, kernels=kernels))
+    merger = build_merger(MergerConfig(alpha=0.25, age_decay=0.8, kernels=kernels, adaptive=AdaptiveLambdaConfig(mode="off")))
     tick = 0
     for hold in range(3):  # a new M̄ with other signs each time: the cached masks must follow
         m_bar = _tensors(100 + hold)
@@ -83,7 +83,7 @@ def test_sign_and_dense_transport_merge_identically_with_adaptive_dose(kernels):
 
 @pytest.mark.parametrize("kernels", ["compiled", "eager"])
 def test_invalid_tick_leaves_infinite_grads_exactly(kernels):
-    merger = build_merger(MergerConfig(alpha=0.25, kernels=kernels))
+    merger = build_merger(MergerConfig(alpha=0.25, kernels=kernels, adaptive=AdaptiveLambdaConfig(mode="off")))
     merger.hold(pack_signs(_tensors(3)), 1, 1)
     g = _tensors(4, zeros=False)
     g[0][1, 1] = float("inf")

@@ -46,16 +46,18 @@ def _merger(mode, checksum_every=0, age_decay=1.0):
     return build_merger(cfg)
 
 
-@pytest.mark.parametrize("transport,mode", [("sign", "off"), ("sign", "ratio"), ("shards", "cos")])
+@pytest.mark.parametrize("transport,mode", [("sign", "off"), ("sign", "ratio"), ("shards", "cos"), ("sign", "evidence")])
 def test_merger_ticks_make_no_transfer_and_metrics_one_read(transport, mode):
-    """Hold + several apply_ (adaptive dose, age decay, a cross-rank check tick): 0 transfers; metrics(): 1."""
+    """Hold + several apply_ (adaptive or evidence dose, age decay, a cross-rank check tick): 0 transfers;
+    metrics(): 1."""
     merger = _merger(mode, checksum_every=3, age_decay=0.9)
     m_bar = _tensors(100)
     held = pack_signs(m_bar) if transport == "sign" else m_bar
     grads = [_tensors(seed) for seed in range(1, 6)]
     merger.apply_(grads[0], tick=1)  # cold tick
+    evidence = {"lambda_star": 0.8, "cos_codec": 0.3} if mode == "evidence" else None  # host floats from the anchor
     with count_host_transfers() as seen:
-        merger.hold(held, produced_tick=2, source_tick=1)
+        merger.hold(held, produced_tick=2, source_tick=1, evidence=evidence)
         for tick, g in enumerate(grads[1:], start=2):  # ticks 2..5: tick 3 runs the cross-rank check
             merger.apply_(g, tick)
     assert len(seen) == 0, seen.describe()

@@ -31,7 +31,7 @@ def _clone(ts):
 
 def _cfg(**kw):
     adaptive = kw.pop("adaptive", {})
-    return MergerConfig(adaptive=AdaptiveLambdaConfig(**adaptive), **kw)
+    return MergerConfig(adaptive=AdaptiveLambdaConfig(**{"mode": "off", **adaptive}), **kw)  # the seed's dose unless given
 
 
 def test_build_merger_picks_registered_class():

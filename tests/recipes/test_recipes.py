@@ -130,3 +130,35 @@ def test_dp_codec_study_runs_each_arm_per_seed_on_two_replicas(tmp_path):
     bad = subprocess.run(["bash", str(RECIPES / "dp_codec_study.sh")], env={**env, "ARMS": "dense nope"},
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown arm 'nope'" in bad.stderr
+
+
+def test_seed_codec_rank_and_pp_size_knobs_reach_the_config():
+    base = {"PRESET": "cpu_tiny", "PRESET_DIR": "/nonexistent"}
+    (overrides,) = _dry_run("gsm8k_grpo_commeff.sh", base)
+    cfg, commeff = _composed(overrides)
+    # SEED=0 (the default) is what the recipes always ran: data.seed 42, verl's rollout.seed 42, codec seed 0
+    assert (cfg.data.seed, cfg.actor_rollout_ref.rollout.seed, commeff.codec.seed) == (42, 42, 0)
+    assert (commeff.codec.rank, commeff.codec.pp_size) == (16, 2)
+    (overrides,) = _dry_run("gsm8k_grpo_commeff.sh", {**base, "SEED": "3", "CODEC_RANK": "1", "PP_SIZE": "4",
+                                                     "RANK": "7"})  # a launcher's RANK is never read
+    cfg, commeff = _composed(overrides)
+    assert (cfg.data.seed, cfg.actor_rollout_ref.rollout.seed, commeff.codec.seed) == (45, 45, 3)
+    assert (commeff.codec.rank, commeff.codec.pp_size) == (1, 4)
+    for knob, value, message in (("SEED", "-1", "SEED must be an integer >= 0, got '-1'"),
+                                 ("CODEC_RANK", "0", "CODEC_RANK must be an integer >= 1, got '0'"),
+                                 ("PP_SIZE", "1", "PP_SIZE must be an integer >= 2, got '1'"),
+                                 ("SEED", "08", "SEED must be an integer >= 0, got '08'")):
+        bad = subprocess.run(["bash", str(RECIPES / "gsm8k_grpo_commeff.sh")],
+                             env={**os.environ, **base, "DRY_RUN": "1", knob: value}, capture_output=True, text=True)
+        assert bad.returncode == 2 and message in bad.stderr, (knob, value, bad.stderr[-300:])
+
+
+def test_the_default_dose_is_the_evidence_dose_and_adaptive_off_is_the_seeds_arm():
+    (overrides,) = _dry_run("gsm8k_grpo_commeff.sh")
+    _, commeff = _composed(overrides)
+    assert (commeff.merger.adaptive.mode, commeff.merger.adaptive.cap, commeff.anchor.probe) == ("evidence", 4 / 3, "on")
+    (overrides,) = _dry_run("gsm8k_grpo_commeff.sh", {"ADAPTIVE": "off"})
+    _, seed = _composed(overrides)
+    assert (seed.merger.adaptive.mode, seed.merger.adaptive.lambda0, seed.merger.adaptive.cap) == ("off", 1.0, 1.0)
+    assert seed.anchor.probe == "off"
+    assert all(c.merger.adaptive.mode == "off" for c in (_composed(o)[1] for o in _dry_run("decoupling_grid.sh")))

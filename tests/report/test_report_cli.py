@@ -167,3 +167,32 @@ def test_console_script_entry_point(seed_runs, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.startswith("verl-commeff report: error: run path not found")
     assert "Traceback" not in bad.stderr
+
+
+def test_no_floor_drops_the_floor_column_and_line(seed_runs, tmp_path):
+    """--no-floor (a study without a no-merger arm): no floor column, nothing BELOW, no floor in the figure's legend."""
+    assert report(seed_runs["jsonl"], tmp_path / "out", "--no-floor") == 0
+    verdict = (tmp_path / "out" / "verdict.md").read_text()
+    header = next(line for line in verdict.splitlines() if line.startswith("| Arm"))
+    assert "floor" not in header and "BELOW" not in verdict and "no no-merger floor" in verdict
+    rows = table_rows(verdict)
+    assert len(rows["K20"]) == len(header.strip("|").split("|")) - 1  # cells line up with the headers
+    with pytest.raises(SystemExit):  # --no-floor excludes --floor
+        report(seed_runs["jsonl"], tmp_path / "o2", "--no-floor", "--floor", "0.5")
+
+
+def test_dose_signals_figure_for_the_arms_that_log_the_anchors_evidence(seed_records, tmp_path):
+    """An arm logging commeff/dose/* (anchor.probe on) gets dose_signals.png; a report without one gets none."""
+    from tests.report.synthetic_runs import write_run
+
+    def with_dose(records):
+        return [(step, {**data, "commeff/dose/cos_codec": 0.3, "commeff/dose/lambda_star": 0.9,
+                        "commeff/dose/held_agree": 0.8}) if step else (step, data) for step, data in records]
+
+    paths = {arm: write_run(seed_records[arm], tmp_path / "runs", arm, "jsonl") for arm in ("dense", "K20")}
+    paths["K5"] = write_run(with_dose(seed_records["K5"]), tmp_path / "runs", "K5", "jsonl")
+    assert report(paths, tmp_path / "out") == 0
+    assert (tmp_path / "out" / "dose_signals.png").read_bytes()[:8] == PNG_SIGNATURE
+    paths["K5"] = write_run(seed_records["K5"], tmp_path / "plain", "K5", "jsonl")
+    assert report(paths, tmp_path / "out2") == 0
+    assert not (tmp_path / "out2" / "dose_signals.png").exists()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.codec.tiny import tiny_qwen2, token_batch
-from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig
+from verl_commeff.config import AdaptiveLambdaConfig, AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
 from verl_commeff.schedule import FireSchedule
 from verl_commeff.trainer.anchor_driver import AnchorDriver, tick_minibatches
 from verl_commeff.workers.actor_state import AnchorResult, CommEffActorState, ReadyResult
@@ -116,7 +116,8 @@ def test_every_fire_is_submitted_once_with_its_pair_and_handed_to_the_actor(k, c
 def _run_actor(sync, k, cadence, steps, finish_delay=0):
     """The actor's tick loop fed by the driver with an in-process anchor; returns per-step metrics."""
     cfg = CommEffConfig(codec=CodecConfig(enable=False, q_source="fast"),
-                        anchor=AnchorConfig(delay_k=k, cadence=cadence, sync=sync))
+                        anchor=AnchorConfig(delay_k=k, cadence=cadence, sync=sync),
+                        merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="off")))
     model = tiny_qwen2(num_layers=2)
     state = CommEffActorState(cfg, 2, model, hidden_size=64, num_layers=2)
     shapes = [p.shape for _, p in state.targets]

@@ -21,7 +21,7 @@ import torch
 from tests.anchor.test_anchor_worker import _minibatch
 from tests.verl_harness import compose_ppo_config, make_ppo_batch
 from verl_commeff.anchor.fault_hook import FAULT_ENV, GROUP_ENV
-from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig
+from verl_commeff.config import AdaptiveLambdaConfig, AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
 
 WORLD = 1
 BUILD_GUARD_S = 600  # a hang guard, not a timing assertion: building takes seconds, the old bug never returned
@@ -70,7 +70,8 @@ def test_colocated_anchor_builds_in_the_actors_bundles_survives_death_and_restar
 
     config = compose_ppo_config(tiny_model_dir, "fsdp2", micro_batch=1).actor_rollout_ref
     cfg = CommEffConfig(codec=CodecConfig(q_source="anchor", rank=16, pp_size=2),
-                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.5, placement="colocated", sync="free"))
+                        anchor=AnchorConfig(delay_k=0, cadence=1, beta=0.5, placement="colocated", sync="free"),
+                        merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="off")))
     pool = RayResourcePool(process_on_nodes=[WORLD], use_gpu=True, max_colocate_count=3, name_prefix="actor_pool")
     actor = RayWorkerGroup(resource_pool=pool, ray_cls_with_init=RayClassWithInitArgs(
         cls=ray.remote(CommEffActorRolloutRefWorker), config=config, role="actor"), device_name="cpu",

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.codec.tiny import HIDDEN, tiny_qwen2, token_batch
-from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
+from verl_commeff.config import AdaptiveLambdaConfig, AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
 from verl_commeff.workers.actor_state import AnchorResult, CommEffActorState, ReadyResult
 
 
@@ -25,7 +25,7 @@ def make_state(sync="strict", q_source="fast", rank=8, delay_k=2, cadence=2):
     cfg = CommEffConfig(
         codec=CodecConfig(rank=rank, pp_size=2, q_source=q_source),
         anchor=AnchorConfig(delay_k=delay_k, cadence=cadence, sync=sync),
-        merger=MergerConfig(alpha=0.25),
+        merger=MergerConfig(alpha=0.25, adaptive=AdaptiveLambdaConfig(mode="off")),
     )
     model = tiny_qwen2(num_layers=4)
     return CommEffActorState(cfg, ticks_per_step=2, model=model, hidden_size=HIDDEN, num_layers=4), model
@@ -158,7 +158,7 @@ def test_dp_codec_simulation_runs_before_the_merger_and_logs_bytes():
     cfg = CommEffConfig(
         codec=CodecConfig(enable=False),
         anchor=AnchorConfig(delay_k=2, cadence=10),
-        merger=MergerConfig(alpha=0.25),
+        merger=MergerConfig(alpha=0.25, adaptive=AdaptiveLambdaConfig(mode="off")),
         dp_codec=DPCodecConfig(enable=True, rank=2, start_iter=1),
     )
     model = tiny_qwen2(num_layers=2)

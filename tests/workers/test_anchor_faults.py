@@ -13,7 +13,7 @@ import torch
 
 from tests.codec.tiny import HIDDEN, tiny_qwen2
 from tests.workers.test_actor_state import anchor_signal, train_tick
-from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig, CommEffConfigError, MergerConfig
+from verl_commeff.config import AdaptiveLambdaConfig, AnchorConfig, CodecConfig, CommEffConfig, CommEffConfigError, MergerConfig
 from verl_commeff.workers.actor_state import AnchorFailure, AnchorResult, CommEffActorState, ReadyResult
 
 
@@ -42,7 +42,7 @@ class Dead:
 def make_state(sync, age_decay=1.0, **anchor):
     cfg = CommEffConfig(codec=CodecConfig(rank=8, pp_size=2, q_source="fast"),
                         anchor=AnchorConfig(delay_k=0, cadence=1, sync=sync, **anchor),
-                        merger=MergerConfig(alpha=0.25, age_decay=age_decay))
+                        merger=MergerConfig(alpha=0.25, age_decay=age_decay, adaptive=AdaptiveLambdaConfig(mode="off")))
     model = tiny_qwen2(num_layers=4)
     return CommEffActorState(cfg, ticks_per_step=2, model=model, hidden_size=HIDDEN, num_layers=4), model
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from tests.codec.tiny import tiny_qwen2
-from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
+from verl_commeff.config import AdaptiveLambdaConfig, AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
 from verl_commeff.workers.actor_state import AnchorFailure, AnchorResult, CommEffActorState, ReadyResult
 
 
 def make_state(sync="strict"):
     cfg = CommEffConfig(codec=CodecConfig(enable=False, q_source="fast"),
-                        anchor=AnchorConfig(delay_k=2, cadence=2, sync=sync), merger=MergerConfig(alpha=0.25))
+                        anchor=AnchorConfig(delay_k=2, cadence=2, sync=sync), merger=MergerConfig(alpha=0.25, adaptive=AdaptiveLambdaConfig(mode="off")))
     return CommEffActorState(cfg, ticks_per_step=2, model=tiny_qwen2(num_layers=2), hidden_size=64, num_layers=2)
 
 

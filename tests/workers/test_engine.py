@@ -6,7 +6,7 @@ import torch
 from tests.verl_harness import GradsAtStep, compose_ppo_config, init_single_process_world, make_ppo_batch
 from tests.verl_harness import log_probs as _log_probs
 from tests.verl_harness import update as _update
-from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
+from verl_commeff.config import AdaptiveLambdaConfig, AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
 from verl_commeff.workers.actor_state import AnchorResult, ReadyResult
 
 STRATEGIES = ["fsdp", "fsdp2"]
@@ -68,7 +68,7 @@ def _codec_only(rank):
     return CommEffConfig(
         codec=CodecConfig(rank=rank, pp_size=2, q_source="fast", q_cadence=1000),
         anchor=AnchorConfig(enable=False),
-        merger=MergerConfig(name="none"),
+        merger=MergerConfig(name="none", adaptive=AdaptiveLambdaConfig(mode="off")),
     )
 
 
@@ -100,8 +100,16 @@ def test_compressed_codec_projects_train_and_old_log_prob_not_ref(strategy, tiny
     mask = b["response_mask"].bool()
 
     actor = _commeff(tiny_model_dir, strategy, _codec_only(rank=4))
+    codec = actor.actor.engine.commeff.codec
+    random_q = codec.live_basis.clone()
+    assert codec.needs_bootstrap  # commeff.codec.init=activations (the default)
     old = _log_probs(actor, batch)
     assert (old - plain)[mask].abs().max() > 1e-3  # the old-log-prob pass is projected
+    # the first old-log-prob pass set the first Q from its activations (once): a second pass changes nothing
+    assert not codec.needs_bootstrap and not torch.equal(codec.live_basis, random_q)
+    bootstrapped = codec.live_basis.clone()
+    torch.testing.assert_close(_log_probs(actor, batch), old, rtol=0, atol=0)
+    assert torch.equal(codec.live_basis, bootstrapped)
     metrics = _update(actor, batch.union(type(batch).from_single_dict({"old_log_probs": old})))
     assert metrics["commeff/bytes/codec/sent"][0] < metrics["commeff/bytes/codec/dense_equiv"][0]  # train pass projected
 
@@ -116,7 +124,7 @@ def test_merged_gradient_is_the_library_merger_of_the_stock_gradient(strategy, t
     cfg = CommEffConfig(
         codec=CodecConfig(enable=False, q_source="fast"),
         anchor=AnchorConfig(delay_k=0, cadence=1),
-        merger=MergerConfig(alpha=0.25, age_decay=0.9),
+        merger=MergerConfig(alpha=0.25, age_decay=0.9, adaptive=AdaptiveLambdaConfig(mode="off")),
     )
     # verl clips after the merger, by the merged gradient's norm: compare unclipped, check the norm separately
     no_clip = ("actor_rollout_ref.actor.optim.clip_grad=1e9",)
@@ -176,7 +184,7 @@ def test_dp_codec_simulation_reaches_the_optimizer(tiny_model_dir):
     cfg = CommEffConfig(
         codec=CodecConfig(enable=False, q_source="fast"),
         anchor=AnchorConfig(enable=False),
-        merger=MergerConfig(name="none"),
+        merger=MergerConfig(name="none", adaptive=AdaptiveLambdaConfig(mode="off")),
         dp_codec=DPCodecConfig(enable=True, rank=2, start_iter=0, seed=1),
     )
     no_clip = ("actor_rollout_ref.actor.optim.clip_grad=1e9",)

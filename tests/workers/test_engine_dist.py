@@ -14,7 +14,7 @@ def _body(rank, world_size, model_dir):
     from verl.workers.utils.padding import left_right_2_no_padding
 
     from tests.verl_harness import GradsAtStep, compose_ppo_config, make_ppo_batch, stock_and_commeff_actors
-    from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
+    from verl_commeff.config import AdaptiveLambdaConfig, AnchorConfig, CodecConfig, CommEffConfig, MergerConfig
     from verl_commeff.mergers import build_merger
     from verl_commeff.workers.actor_state import AnchorResult, ReadyResult
 
@@ -71,7 +71,7 @@ def _hsdp_body(rank, world_size, model_dir):
     from verl.workers.utils.padding import left_right_2_no_padding
 
     from tests.verl_harness import GradsAtStep, compose_ppo_config, make_ppo_batch
-    from verl_commeff.config import AnchorConfig, CodecConfig, CommEffConfig, DPCodecConfig, MergerConfig
+    from verl_commeff.config import AdaptiveLambdaConfig, AnchorConfig, CodecConfig, CommEffConfig, DPCodecConfig, MergerConfig
     from verl_commeff.workers.actor_worker import CommEffActorRolloutRefWorker
 
     config = compose_ppo_config(model_dir, "fsdp2", micro_batch=1, extra=(
@@ -80,7 +80,7 @@ def _hsdp_body(rank, world_size, model_dir):
 
     def commeff(start_iter):
         return CommEffConfig(codec=CodecConfig(enable=False, q_source="fast"), anchor=AnchorConfig(enable=False),
-                             merger=MergerConfig(name="none"),
+                             merger=MergerConfig(name="none", adaptive=AdaptiveLambdaConfig(mode="off")),
                              dp_codec=DPCodecConfig(enable=True, rank=2, start_iter=start_iter))
 
     stock = ActorRolloutRefWorker(config, role="actor")

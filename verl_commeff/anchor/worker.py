@@ -20,6 +20,9 @@ rank r holds; a smaller anchor group (A < N ranks, FSDP2) reshards by rows
    (on any rank) or the sketch is non-finite: then the fire is **rejected** (M̄ and Q keep
    their last state, counted, a warning logged once) and the result says so; otherwise the
    anchor's own Q moves to orth(sketch) so the next sketch starts from the actor's new basis;
+   with ``anchor.probe=on``, the dose probe (:mod:`verl_commeff.anchor.dose_probe`): one more
+   forward/backward through the codec with the actor's Q of the replayed tick, compared with
+   M and the M̄ the actor held there; its evidence (host floats) rides with the result;
 6. return M̄ (this rank's shards, or packed sign bits), every anchor rank's fingerprint of
    what it sends (one all-gather of 3 numbers per rank; the actor's cross-rank check
    compares its held shard against it) and the sketch (a colocated anchor offloads its
@@ -91,14 +94,21 @@ class AnchorWorker(ActorRolloutRefWorker):
         codec = None
         if cfg.codec.enable and cfg.codec.q_source == "anchor":
             codec = BoundaryCodec(cfg.codec, hf_config.hidden_size, hf_config.num_hidden_layers).install(engine.module)
+        schedule = FireSchedule(cfg.anchor.delay_k, cfg.anchor.cadence, ticks_per_step, cfg.q_cadence)
         self._anchor = _AnchorState(
             cfg=cfg,
-            schedule=FireSchedule(cfg.anchor.delay_k, cfg.anchor.cadence, ticks_per_step, cfg.q_cadence),
+            schedule=schedule,
             loss_fn=anchor_loss_fn(omega_conf_to_dataclass(self.config.actor)),
             codec=codec,
             ema=AnchorEMA(cfg.anchor.beta),
             targets=select_targets(engine.module, cfg.anchor.targets),
         )
+        if cfg.anchor.probe == "on":
+            from verl_commeff.anchor.dose_probe import DoseProbe
+
+            self._anchor.probe = DoseProbe(schedule, cfg.merger.alpha, cfg.merger.adaptive.cap)
+            if codec is not None:
+                self._anchor.probe.reset_basis(codec.live_basis)
         self._anchor.reshard = _reshard_plan(self, actor_world)
         if self._anchor.reshard is not None:  # the decoder keeps only this rank's rows of the actor ranks' shards
             from verl_commeff.anchor.reshard import snapshot_plan
@@ -181,10 +191,18 @@ class AnchorWorker(ActorRolloutRefWorker):
             sketch_ok = sketch is None or bool(torch.isfinite(sketch).all())  # replicated: same on every rank
             accepted = state.ema.try_update_(grads, finite=sketch_ok)
             m_bar = state.ema.m_bar
+            evidence = None
+            if accepted and state.probe is not None:  # Step 5b: what the merge did at the replayed tick
+                state.probe.record_held(fire_tick, m_bar)
+                dense = [g.detach().clone() for g in grads]  # D: the probe's pass overwrites the grads
+                evidence = state.probe.evaluate(
+                    source_tick, dense, lambda q: _through_codec(engine, data, loss_fn, state, q))
             engine.optimizer_zero_grad()
         if accepted and sketch is not None:  # the anchor's own Q follows the actor's
             state.codec.refresh(sketch, reduce=False)
             state.codec.activate_staged()
+            if state.probe is not None:
+                state.probe.record_basis(fire_tick, state.codec.live_basis)
 
         # Step 6: M̄ (or its signs) back to the actor; a colocated anchor gives the devices back.
         if state.offload:
@@ -196,13 +214,14 @@ class AnchorWorker(ActorRolloutRefWorker):
         if state.reshard is not None:  # A < N: each owned actor rank's M̄ in its own layout
             return state.reshard.results(m_bar, state.cfg.anchor.transport, AnchorResult(
                 fire_tick, source_tick, None, sketch, compute_s=time.perf_counter() - start,
-                backwards=loss_fn.backwards, q_fingerprint=q_fingerprint, ema_updates=state.ema.updates))
+                backwards=loss_fn.backwards, q_fingerprint=q_fingerprint, ema_updates=state.ema.updates,
+                dose_evidence=evidence))
         held, sent = _payload(m_bar, state.cfg.anchor.transport)
         # every anchor rank's fingerprint of what it sends (the actor's cross-rank check compares against it)
         fingerprints = gather_rows(fingerprint(sent)).cpu()  # (anchor world, 3)
         return AnchorResult(fire_tick, source_tick, held, sketch, compute_s=time.perf_counter() - start,
                             backwards=loss_fn.backwards, fingerprints=fingerprints, q_fingerprint=q_fingerprint,
-                            ema_updates=state.ema.updates)
+                            ema_updates=state.ema.updates, dose_evidence=evidence)
 
     # ---- state: checkpoints and restarts -----------------------------------------------
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
@@ -211,7 +230,8 @@ class AnchorWorker(ActorRolloutRefWorker):
         from torch.utils._pytree import tree_map_only
 
         state = self._require_setup()
-        out = {"ema": state.ema.state_dict(), "codec": None if state.codec is None else state.codec.state_dict()}
+        out = {"ema": state.ema.state_dict(), "codec": None if state.codec is None else state.codec.state_dict(),
+               "probe": None if state.probe is None else state.probe.state_dict()}
         # host copies: the trainer's process that saves them may have no device
         return tree_map_only(torch.Tensor, lambda t: t.detach().to("cpu", copy=True), out)
 
@@ -261,6 +281,10 @@ class AnchorWorker(ActorRolloutRefWorker):
         state.ema.load_state_dict(ema)
         if state.codec is not None:
             state.codec.load_state_dict(mine["codec"])
+        if state.probe is not None and mine.get("probe") is not None:  # absent before issue 17
+            from verl.utils.device import get_device_name
+
+            state.probe.load_state_dict(mine["probe"], get_device_name())
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def anchor_adopt_basis(self, bases: torch.Tensor) -> None:
@@ -269,6 +293,8 @@ class AnchorWorker(ActorRolloutRefWorker):
         if state.codec is not None:
             state.codec.stage_basis(bases)
             state.codec.activate_staged()
+            if state.probe is not None:
+                state.probe.reset_basis(state.codec.live_basis)
 
     def _require_setup(self) -> "_AnchorState":
         if self._anchor is None:
@@ -312,6 +338,7 @@ class _AnchorState:
         self.reshard: Optional["_Reshard"] = None  # set when the actor has more ranks than the anchor
         self.backups: dict[int, dict] = {}  # fire tick -> host copy of the state after it, until backed up
         self.failed_fires: set[int] = set()  # fires that raised here, until their backup call is told
+        self.probe = None  # the dose probe (anchor.probe=on)
 
 
 def backs_up_state(anchor_cfg) -> bool:
@@ -332,6 +359,21 @@ def _local(p: torch.nn.Parameter) -> torch.Tensor:
             return p.detach().new_zeros(0)  # (0,)
         raise RuntimeError("anchor: a target parameter got no gradient (is it used by the forward?)")
     return local_view(p.grad)
+
+
+def _through_codec(engine, data, loss_fn, state: "_AnchorState", bases) -> list[torch.Tensor]:
+    """The dose probe's C: this rank's target gradients of the same loss and data with the boundary
+    projection live through ``bases`` (the actor's Q at the replayed tick); D without a codec."""
+    engine.optimizer_zero_grad()
+    if state.codec is None or bases is None:
+        scope = contextlib.nullcontext()
+    else:
+        scope = contextlib.ExitStack()
+        scope.enter_context(state.codec.pass_scope("train"))  # projected; observes nothing (q_source=anchor)
+        scope.enter_context(state.codec.live_basis_override(bases))
+    with scope:
+        engine.forward_backward_batch(data, loss_fn, forward_only=False)
+    return [_local(p) for _, p in state.targets]
 
 
 def _share(data, dp_rank: int, dp_size: int):

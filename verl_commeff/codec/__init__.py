@@ -12,6 +12,7 @@ from verl_commeff.codec.basis import (
     derive_seed,
     orthonormalize,
     power_step,
+    principal_basis,
     sketch,
 )
 from verl_commeff.codec.boundary_codec import PASS_NAMES, PROJECTED_PASSES, BoundaryCodec
@@ -30,6 +31,7 @@ __all__ = [
     "find_decoder_layers",
     "orthonormalize",
     "power_step",
+    "principal_basis",
     "sketch",
     "stage_sizes",
 ]

@@ -26,6 +26,7 @@ import torch
 
 __all__ = [
     "bootstrap_basis",
+    "principal_basis",
     "canonical_fill",
     "conditioning",
     "derive_seed",
@@ -199,3 +200,39 @@ def bootstrap_basis(hidden: int, rank: int, seed: int, boundary_index: int) -> t
         raise ValueError(f"bootstrap_basis rank={rank} is out of range: must be an integer in [1, {hidden}]")
     gen = torch.Generator(device="cpu").manual_seed(derive_seed(seed, boundary_index))
     return orthonormalize(torch.randn(hidden, rank, generator=gen, dtype=BASIS_DTYPE))
+
+
+def principal_basis(gram: torch.Tensor, rank: int) -> torch.Tensor:
+    """The top-``rank`` eigenvectors of a Gram matrix AᵀA: the activations' principal subspace.
+
+    The projection h ↦ h·Q·Qᵀ onto these columns keeps the most of Σ‖h‖² any rank-r basis
+    can (Eckart–Young), so a codec bootstrapped with them starts with the smallest
+    reconstruction error on the activations the Gram was summed over.
+
+    Algorithm:
+
+    1. ``torch.linalg.eigh`` of the symmetrised Gram (fp32, eigenvalues ascending).
+    2. The last ``rank`` eigenvectors, largest eigenvalue first.
+    3. :func:`orthonormalize`, which fixes the column signs (diag(R) ≥ 0) so the result is a
+       deterministic function of the Gram, and repairs a degenerate (all-zero) Gram.
+
+    Args:
+        gram: (..., H, H) Σ AᵀA over the observed activations.
+        rank: r, 1 ≤ r ≤ H.
+
+    Returns:
+        (..., H, r) fp32 with orthonormal columns.
+    """
+    hidden = gram.shape[-1]
+    if gram.dim() < 2 or gram.shape[-2] != hidden:
+        raise ValueError(f"principal_basis needs a Gram of shape (..., H, H), got shape {tuple(gram.shape)}")
+    if not 1 <= rank <= hidden:
+        raise ValueError(f"principal_basis rank={rank} is out of range: must be an integer in [1, {hidden}]")
+    # Step 1: the eigendecomposition.
+    sym = gram.to(BASIS_DTYPE)
+    sym = (sym + sym.transpose(-2, -1)) / 2  # (..., H, H)
+    _, vectors = torch.linalg.eigh(sym)  # (..., H, H), columns by ascending eigenvalue
+    # Step 2: the top r, largest first.
+    top = vectors[..., -rank:].flip(-1)  # (..., H, r)
+    # Step 3: deterministic signs.
+    return orthonormalize(top)

@@ -15,12 +15,21 @@ pass           projection    observation (sketch V += Aᵀ(A·Q))
 train          live          when ``q_source == "fast"``
 old_log_prob   live          never
 anchor         inert         when ``q_source == "anchor"``
+bootstrap      inert         the Gram Σ AᵀA (``init=activations``)
 ref, rollout,  inert         never
 validation,
 no scope
 =============  ============  ======================================
 
 Inert means the layer output is returned untouched (bit-identical to no codec).
+
+The first basis (``commeff.codec.init``): ``random`` starts from orth(randn(H, r)) seeded per
+boundary; ``activations`` (the default) runs the actor's first old-log-prob batch once more
+as the ``bootstrap`` pass before the real one, sums the Gram Σ AᵀA of the boundary
+activations over the data-parallel group and starts from its top-r eigenvectors
+(:meth:`BoundaryCodec.finish_bootstrap`): the first projected passes then see the
+activations' principal subspace instead of a random one (issue 17: with a random r = 16 of
+H = 64 the train-pass entropy sat near 1 against the rollout's 0.12 until the first refresh).
 
 Q's life cycle, one warm-started block power-iteration step per refresh:
 
@@ -50,7 +59,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from verl_commeff.codec.basis import BASIS_DTYPE, bootstrap_basis, conditioning, power_step
+from verl_commeff.codec.basis import BASIS_DTYPE, bootstrap_basis, conditioning, power_step, principal_basis
 from verl_commeff.codec.stages import boundary_layers, find_decoder_layers
 from verl_commeff.codec.telemetry import CodecTelemetry
 from verl_commeff.collectives import all_reduce_, identical_across_ranks
@@ -60,7 +69,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BoundaryCodec", "PASS_NAMES", "PROJECTED_PASSES"]
 
-PASS_NAMES = ("train", "old_log_prob", "ref", "rollout", "validation", "anchor")
+PASS_NAMES = ("train", "old_log_prob", "ref", "rollout", "validation", "anchor", "bootstrap")
 PROJECTED_PASSES = frozenset({"train", "old_log_prob"})
 # q_source → the pass whose forwards feed the sketch.
 OBSERVING_PASS = {"fast": "train", "anchor": "anchor"}
@@ -80,6 +89,8 @@ class BoundaryCodec:
         rank: r, columns of each basis Q (H × r).
         pp_size: simulated pipeline stages; boundaries are the last layers of stages 1..pp_size−1.
         seed: the bootstrap Q of boundary b is orth(randn(H, r)) seeded from (seed, b).
+        init: ``random`` (that Q is the first basis) or ``activations`` (the first basis is
+            the principal subspace of the activations seen by one ``bootstrap`` pass).
         q_source: ``fast`` (observe the train forwards) or ``anchor`` (observe the anchor's
             dense forwards); decides which pass feeds the sketch.
 
@@ -115,6 +126,7 @@ class BoundaryCodec:
         self.rank = cfg.rank
         self.seed = cfg.seed
         self.q_source = cfg.q_source
+        self.init = cfg.init
         self.layers = boundary_layers(num_layers, cfg.pp_size)  # (B,) layer indices
         self.process_group = process_group
         device = torch.device("cpu" if device is None else device)
@@ -126,6 +138,8 @@ class BoundaryCodec:
         self._staged: Optional[torch.Tensor] = None  # (B, H, r)
         self._sketch = torch.zeros_like(self._live)  # (B, H, r)
         self._observed = [0] * num_boundaries  # tokens folded into the sketch since the last refresh
+        self._gram: Optional[torch.Tensor] = None  # (B, H, H) Σ AᵀA of the bootstrap pass, until finish_bootstrap
+        self._bootstrapped = self.init == "random"  # the first basis is final
         self._cast_cache: dict[torch.dtype, torch.Tensor] = {}
         self.telemetry = CodecTelemetry(self.layers, device)
         self.telemetry.q_cond = conditioning(self._live)
@@ -154,6 +168,7 @@ class BoundaryCodec:
     def to(self, device: torch.device | str) -> "BoundaryCodec":
         """Move bases, sketch and telemetry to ``device``."""
         self._live = self._live.to(device)
+        self._gram = None if self._gram is None else self._gram.to(device)
         self._staged = None if self._staged is None else self._staged.to(device)
         self._sketch = self._sketch.to(device)
         self._cast_cache.clear()
@@ -170,6 +185,19 @@ class BoundaryCodec:
     def staged_basis(self) -> Optional[torch.Tensor]:
         """The staged bases waiting for :meth:`activate_staged`, (B, H, r) fp32, or None."""
         return self._staged
+
+    @contextlib.contextmanager
+    def live_basis_override(self, bases: torch.Tensor) -> Iterator["BoundaryCodec"]:
+        """Project through ``bases`` (B, H, r) instead of the live Q inside the block; the live Q
+        is restored on exit (the anchor's dose probe replays a tick with the Q the actor had then)."""
+        self._check_bases(bases, "live_basis_override bases")
+        saved, self._live = self._live, bases.to(device=self.device, dtype=BASIS_DTYPE)
+        self._cast_cache.clear()
+        try:
+            yield self
+        finally:
+            self._live = saved
+            self._cast_cache.clear()
 
     def _basis_as(self, dtype: torch.dtype) -> torch.Tensor:
         """The live bases cast to ``dtype`` (cached until the live basis changes)."""
@@ -262,6 +290,8 @@ class BoundaryCodec:
         coeffs = self._coefficients(b, hidden) if project else None  # (..., r)
         if not recomputation:
             observe = self._pass is not None and self._pass == OBSERVING_PASS[self.q_source]
+            if self._pass == "bootstrap":
+                self._accumulate_gram(b, hidden)
             if project or observe:
                 shared = coeffs.detach() if coeffs is not None and coeffs.dtype == BASIS_DTYPE else None
                 self._measure(b, hidden, project=project, observe=observe, live_coeffs=shared)
@@ -321,6 +351,15 @@ class BoundaryCodec:
                 self._sketch[b].add_(torch.where(finite, contribution, 0.0))
                 self._observed[b] += tokens
                 self.telemetry.record_observed(tokens, skipped=~finite)
+
+    def _accumulate_gram(self, b: int, hidden: torch.Tensor) -> None:
+        """Gram += AᵀA of one real forward's boundary activations (fp32, no host sync)."""
+        with torch.no_grad(), _autocast_off(hidden.device):
+            activations = hidden.detach().reshape(-1, self.hidden_size).to(BASIS_DTYPE)  # (tokens, H)
+            if self._gram is None:
+                self._gram = torch.zeros(len(self.layers), self.hidden_size, self.hidden_size,
+                                         dtype=BASIS_DTYPE, device=self.device)  # (B, H, H)
+            self._gram[b].addmm_(activations.transpose(0, 1), activations)
 
     def _count_backward_wire(self, tokens: int, grad: torch.Tensor) -> None:
         self.telemetry.record_wire(tokens, self.rank, self.hidden_size, grad.element_size())
@@ -386,6 +425,43 @@ class BoundaryCodec:
         self.telemetry.record_q_bcast(len(self.layers) * self.hidden_size * self.rank * staged.element_size())
         return staged
 
+    # ---- the first basis (init=activations) -------------------------------------------------
+    @property
+    def needs_bootstrap(self) -> bool:
+        """True until :meth:`finish_bootstrap` when ``init=activations`` (always False for ``random``)."""
+        return not self._bootstrapped
+
+    def finish_bootstrap(self) -> torch.Tensor:
+        """Make the principal subspace of the ``bootstrap`` pass's activations the live Q.
+
+        Steps:
+            1. Sum the Gram Σ AᵀA across ``process_group`` (one all-reduce of (B, H, H)).
+            2. Q = its top-r eigenvectors per boundary (:func:`~verl_commeff.codec.basis.principal_basis`).
+            3. Q goes live at once (nothing was projected yet); the Gram is dropped.
+
+        Returns:
+            The new live bases (B, H, r) fp32.
+
+        Raises:
+            RuntimeError: not waiting for a bootstrap, or the bootstrap pass reached no boundary.
+        """
+        if self._bootstrapped:
+            raise RuntimeError("BoundaryCodec.finish_bootstrap: the first basis is already set "
+                               f"(commeff.codec.init={self.init!r})")
+        if self._gram is None:
+            raise RuntimeError("BoundaryCodec.finish_bootstrap: the bootstrap pass observed no activations "
+                               "(run the forwards under pass_scope('bootstrap') first)")
+        # Step 1: the Gram over the data-parallel group.
+        gram, self._gram = self._gram, None
+        all_reduce_(gram, self.process_group)
+        # Step 2: the principal subspace.
+        bases = principal_basis(gram, self.rank)  # (B, H, r)
+        # Step 3: live now.
+        self._live, self._bootstrapped = bases, True
+        self._cast_cache.clear()
+        self.telemetry.record_q_update(conditioning(self._live))
+        return bases
+
     def stage_basis(self, bases: torch.Tensor) -> None:
         """Stage bases computed elsewhere (e.g. the actor's refreshed Q, shipped to the anchor).
 
@@ -438,6 +514,7 @@ class BoundaryCodec:
             "staged": None if self._staged is None else self._staged.clone(),
             "sketch": self._sketch.clone(),
             "observed": list(self._observed),
+            "bootstrapped": self._bootstrapped,
             "telemetry": self.telemetry.state_dict(),
         }
 
@@ -461,5 +538,7 @@ class BoundaryCodec:
             device=self.device, dtype=BASIS_DTYPE, copy=True)
         self._sketch = state["sketch"].to(device=self.device, dtype=BASIS_DTYPE, copy=True)
         self._observed = [int(n) for n in state["observed"]]
+        self._bootstrapped = bool(state.get("bootstrapped", True))  # older checkpoints: past the first basis
+        self._gram = None
         self._cast_cache.clear()
         self.telemetry.load_state_dict(state["telemetry"])

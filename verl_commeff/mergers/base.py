@@ -149,7 +149,7 @@ class Merger:
         return isinstance(self._held, PackedSigns)
 
     def hold(self, m_bar: HeldSignal, produced_tick: int, source_tick: int,
-             fingerprints: Optional[torch.Tensor] = None) -> None:
+             fingerprints: Optional[torch.Tensor] = None, evidence: Optional[dict[str, float]] = None) -> None:
         """Hold a new M̄ (replacing the previous one) until the next hold.
 
         The tensors are kept by reference (no copy): do not modify them afterwards.
@@ -167,6 +167,8 @@ class Merger:
                 of what the anchor sent rank r (its shard, or its packed bits); the cross-rank
                 check compares each rank's held M̄ with its row. None: not checked against
                 the anchor.
+            evidence: the fire's dose evidence (host floats, :mod:`~verl_commeff.mergers.evidence_dose`),
+                handed to the dose control; None: the fire carried none.
         """
         for arg, value in (("produced_tick", produced_tick), ("source_tick", source_tick)):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -200,6 +202,7 @@ class Merger:
         self._held_checked = False
         self._masks = None
         self._held_sq = None
+        self.dose_control.take_evidence(evidence)
 
     def _local_held(self) -> LocalHeld:
         """The held M̄ as local tensors (DTensor → ``to_local()``), or its packed signs."""
@@ -503,6 +506,7 @@ class Merger:
                 self._reset_step()
                 raise RuntimeError(message)
             out[PREFIX + "inputs_identical"] = 1.0
+        out.update(self.dose_control.metrics())  # commeff/dose/*: host numbers
         self._reset_step()
         return out
 

@@ -7,6 +7,8 @@ The merger applies G′ = G + λ_t·δ_t. λ_t comes from two controls, both off
 - adaptive (seed next step #4): λ_t = clamp(λ_0 + κ·(c̄ − c_t), 0, λ_cap), where c_t is a
   staleness signal, ``ratio`` c_t = ‖δ_t‖/‖G_t‖ or ``cos`` c_t = cos(G_t, M̄), and c̄ is the
   median of the last ``window`` values of c_t. With mode ``off``, λ_t = λ_0 (no clamp).
+- ``evidence`` (issue 17): λ_t = an EMA over fires of the λ* the anchor measured
+  (:mod:`verl_commeff.mergers.evidence_dose`), a host number: no c_t, no ring.
 
 Conventions (fixed here, tested):
 
@@ -30,6 +32,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
+
+from verl_commeff.mergers.evidence_dose import EvidenceDose
 
 if TYPE_CHECKING:
     from verl_commeff.config import AdaptiveLambdaConfig
@@ -89,6 +93,9 @@ class DoseControl:
     """
 
     def __init__(self, adaptive: "AdaptiveLambdaConfig", age_decay: float = 1.0):
+        if adaptive.cap is None:
+            raise ValueError("DoseControl: commeff.merger.adaptive.cap is unresolved (None): build the config through "
+                             "MergerConfig, which resolves it from the mode and alpha")
         self.mode = adaptive.mode
         self.lambda0 = float(adaptive.lambda0)
         self.kappa = float(adaptive.kappa)
@@ -97,11 +104,27 @@ class DoseControl:
         self.age_decay = float(age_decay)
         self.c_history: Optional[torch.Tensor] = None
         self.pushes: Optional[torch.Tensor] = None
+        # the anchor's evidence: λ_t under mode ``evidence``, logged as commeff/dose/* in any mode
+        self.evidence = EvidenceDose(adaptive.prior, adaptive.momentum, adaptive.cap)
 
     @property
     def adaptive(self) -> bool:
         """True when λ_t follows c_t (mode ``ratio`` or ``cos``)."""
-        return self.mode != "off"
+        return self.mode in ("ratio", "cos")
+
+    def take_evidence(self, evidence: Optional[dict[str, float]]) -> None:
+        """One fire's evidence from the anchor (host floats; None: the fire carried none)."""
+        self.evidence.take(evidence)
+
+    def metrics(self) -> dict[str, float]:
+        """``commeff/dose/*`` of this step (host numbers; empty when no fire carried evidence and the
+        mode is not ``evidence``)."""
+        out = self.evidence.metrics()
+        if self.mode != "evidence" and self.evidence.fires == 0 and len(out) == 2:
+            return {}
+        if self.mode != "evidence":
+            out.pop("commeff/dose/lambda_ema")  # not the applied dose in this mode
+        return out
 
     def _push(self, c_t: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Write c_t into the ring if ``valid`` and return c̄, the lower median of the filled slots.
@@ -126,7 +149,7 @@ class DoseControl:
         """λ_t for one warm tick.
 
         Steps:
-            1. Adaptive off: λ_t = λ_0.
+            1. Adaptive off: λ_t = λ_0; ``evidence``: λ_t = the EMA of the anchor's λ* at this age.
             2. Adaptive on: push c_t unless it is non-finite or ``valid`` is False, c̄ = lower
                median of the last ``window`` pushed c_t (incl. this one),
                λ_t = clamp(λ_0 + κ·(c̄ − c_t), 0, λ_cap).
@@ -143,7 +166,9 @@ class DoseControl:
             (λ_t, c̄): 0-d fp64 tensors on c_t's device; c̄ is None when adaptive is off.
         """
         decay = age_decay_factor(self.age_decay, age)
-        # Step 1: the fixed dose.
+        # Step 1: the fixed dose, or the evidence dose (both host numbers).
+        if self.mode == "evidence":
+            return torch.full((), self.evidence.at_age(age) * decay, dtype=STAT_DTYPE, device=c_t.device), None
         if not self.adaptive:
             return torch.full((), self.lambda0 * decay, dtype=STAT_DTYPE, device=c_t.device), None
         # Step 2: the adaptive dose.
@@ -155,8 +180,8 @@ class DoseControl:
         return lam * decay, c_bar
 
     def state_dict(self) -> dict[str, Any]:
-        """The ring and its fill count (the knobs come from the config)."""
-        return {"c_history": self.c_history, "pushes": self.pushes}
+        """The ring and its fill count, and the evidence dose (the knobs come from the config)."""
+        return {"c_history": self.c_history, "pushes": self.pushes, "evidence": self.evidence.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output.
@@ -164,6 +189,8 @@ class DoseControl:
         Raises:
             ValueError: the checkpoint's ring has a different window.
         """
+        if state.get("evidence") is not None:  # absent in checkpoints from before issue 17
+            self.evidence.load_state_dict(state["evidence"])
         hist = state["c_history"]
         if hist is not None and hist.shape != (self.window,):
             raise ValueError(

@@ -53,6 +53,7 @@ COLLAPSE_FIGURE = "collapse_mechanism.png"
 Q_FIGURE = "q_telemetry.png"
 BYTES_FIGURE = "bytes_per_step.png"
 DP_FIGURE = "dp_bytes.png"
+DOSE_FIGURE = "dose_signals.png"
 VERDICT_FILE = "verdict.md"
 SPIRAL_OUTPUT = "the spiral column of verdict.md"
 CODEC_PREFIX = "commeff/codec/"
@@ -245,6 +246,10 @@ def write_report(run_arguments: list[str], options: ReportOptions, log: Callable
             result.warnings.append(f"no bytes logged by {', '.join(map(repr, no_bytes))}: left out of {BYTES_FIGURE}")
         logged = {arm: ledger for arm, ledger in ledgers.items() if ledger is not None}
         result.written.append(figures.plot_bytes_per_step(logged, colors, out / BYTES_FIGURE))
+
+    dosed = figures.dose_arms(runs)
+    if dosed:  # the evidence dose / anchor.probe=on
+        result.written.append(figures.plot_dose_signals([("", dosed)], colors, out / DOSE_FIGURE))
 
     result.verdicts = build_verdicts(runs, val_keys, spirals, settings)
     verdict_text = render_verdict(result.verdicts, settings, describe_spiral_params(options.spiral))

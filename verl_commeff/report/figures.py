@@ -8,6 +8,8 @@
   fraction and response length.
 * :func:`plot_bytes_per_step` — the byte ledger: bytes per step by path and arm, with the
   ratio against dense-equivalent.
+* :func:`plot_dose_signals` — the dose applied and the anchor's evidence (λ*, cos(C, D), the held
+  M̄'s agreement with D) vs step, for the arms that log them.
 
 The functions assume their metrics are present; :mod:`verl_commeff.report.builder`
 checks that first and names what is missing.
@@ -32,8 +34,8 @@ from verl_commeff.report import names  # noqa: E402
 if TYPE_CHECKING:
     from verl_commeff.report.ledger import ArmBytes
 
-__all__ = ["arm_colors", "counter_increase_steps", "plot_bytes_per_step", "plot_collapse_mechanism", "plot_q_telemetry",
-           "plot_val_accuracy", "recon_err_columns"]
+__all__ = ["arm_colors", "counter_increase_steps", "dose_arms", "plot_bytes_per_step", "plot_collapse_mechanism",
+           "plot_dose_signals", "plot_q_telemetry", "plot_val_accuracy", "recon_err_columns"]
 
 FIRE_TICK = (0.0, 0.07)  # anchor fires: ticks along the bottom edge (axes fraction)
 Q_TICK = (0.93, 1.0)  # Q refreshes: ticks along the top edge
@@ -122,14 +124,14 @@ def save_step_plot(fig, ax, ylabel: str, title: str, path: Path) -> Path:
 
 
 def plot_val_accuracy(
-    validation: dict[str, pd.Series], colors: dict[str, str], floor: float, noise: float, path: Path
+    validation: dict[str, pd.Series], colors: dict[str, str], floor: Optional[float], noise: float, path: Path
 ) -> Path:
     """Figure 1: validation accuracy vs step per arm, ±noise band, no-merger floor line.
 
     Args:
         validation: arm → validation values indexed by step.
         colors: arm → colour.
-        floor: the no-merger floor (horizontal dashed line).
+        floor: the no-merger floor (horizontal dashed line); None draws none.
         noise: half-width of the shaded rollout-noise band around each curve.
         path: the PNG to write.
     """
@@ -140,7 +142,8 @@ def plot_val_accuracy(
         ax.fill_between(steps, values - noise, values + noise, color=colors[arm], alpha=0.15, linewidth=0)
         ax.plot(steps, values, marker="o", color=colors[arm], label=arm)
         ends.append((arm, steps[-1], float(values[-1])))
-    ax.axhline(floor, color="0.35", linestyle="--", linewidth=1, label=f"no-merger floor {floor:.4f}")
+    if floor is not None:
+        ax.axhline(floor, color="0.35", linestyle="--", linewidth=1, label=f"no-merger floor {floor:.4f}")
     low, high = ax.get_ylim()
     label_ys = spread_labels([value for _, _, value in ends], gap=0.04 * (high - low))
     for (arm, step, value), label_y in zip(ends, label_ys):  # end values, moved apart where they would overlap
@@ -294,5 +297,33 @@ def plot_bytes_per_step(arms: dict[str, "ArmBytes"], colors: dict[str, str], pat
     ratio_ax.set_xticklabels(names_, rotation=30, ha="right", fontsize=9)
     ratio_ax.set_title("sent / dense-equivalent")
     ratio_ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def dose_arms(runs: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The arms that log the anchor's dose evidence (``commeff/dose/*``: ``anchor.probe`` on)."""
+    return {arm: t for arm, t in runs.items() if names.COS_CODEC in t.columns and not t[names.COS_CODEC].dropna().empty}
+
+
+def plot_dose_signals(rows: list[tuple[str, dict[str, pd.DataFrame]]], colors: dict[str, str], path: Path) -> Path:
+    """The dose applied and the anchor's evidence vs step: one row of panels per (title, arm → table).
+
+    Panels: :data:`~verl_commeff.report.names.DOSE_PANELS` (a metric an arm does not log is left out of
+    its panel).
+    """
+    panels = names.DOSE_PANELS
+    fig, axes = plt.subplots(len(rows), len(panels), figsize=(4 * len(panels), 3.2 * len(rows)), squeeze=False)
+    for r, (title, runs) in enumerate(rows):
+        for c, (label, metric) in enumerate(panels):
+            ax = axes[r][c]
+            for arm, table in runs.items():
+                if metric in table.columns and not table[metric].dropna().empty:
+                    series = table[metric].dropna()
+                    ax.plot(series.index, series.to_numpy(), color=colors[arm], marker=".", linewidth=1.2, label=arm)
+            ax.set_title(f"{title}: {label}" if title else label, fontsize=9)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        axes[r][0].legend(fontsize=7, loc="best")
     fig.tight_layout()
     return save(fig, path)

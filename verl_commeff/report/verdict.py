@@ -43,7 +43,8 @@ class VerdictSettings:
         val_steps: the k of the val@k columns.
         gate_step: the k of the gated val@k (the seed: 50).
         gate: the allowed degradation of val@gate_step (the seed: 0.05).
-        floor: the no-merger floor for the terminal validation value (the seed: 0.63).
+        floor: the no-merger floor for the terminal validation value (the seed: 0.63); None: no
+            floor (no floor column, nothing flagged below it).
         tolerance: the farthest a validation step may be from k and still stand for val@k.
     """
 
@@ -51,7 +52,7 @@ class VerdictSettings:
     val_steps: tuple[int, ...] = (25, 50, 75, 100)
     gate_step: int = 50
     gate: float = 0.05
-    floor: float = 0.63
+    floor: Optional[float] = 0.63
     tolerance: int = 12
 
 
@@ -134,7 +135,7 @@ def arm_verdict(arm: str, key: str, series: pd.Series, settings: VerdictSettings
         points={k: val_at(series, k, settings.tolerance) for k in settings.val_steps},
         gate_point=val_at(series, settings.gate_step, settings.tolerance),
         terminal=terminal,
-        below_floor=terminal.value < settings.floor,
+        below_floor=settings.floor is not None and terminal.value < settings.floor,
     )
 
 
@@ -218,21 +219,24 @@ def render_verdict(rows: Sequence[ArmVerdict], settings: VerdictSettings, spiral
     """The verdict.md text."""
     k = settings.gate_step
     val_headers = [f"val@{s}" for s in settings.val_steps]
-    headers = ["Arm", *val_headers, "terminal val", f"Δ val@{k} vs baseline", "gate", "floor", "spiral ignition"]
+    has_floor = settings.floor is not None
+    headers = ["Arm", *val_headers, "terminal val", f"Δ val@{k} vs baseline", "gate", *(["floor"] if has_floor else []),
+               "spiral ignition"]
+    floor_note = f"no-merger floor: {settings.floor:.4f}" if has_floor else "no no-merger floor (none given)"
     lines = [
         "# Verdict",
         "",
         f"Baseline arm: **{settings.baseline}** · gate: val@{k} degradation ≤ {settings.gate:g} · "
-        f"no-merger floor: {settings.floor:.4f} · nearest validation step within ±{settings.tolerance} steps.",
+        f"{floor_note} · nearest validation step within ±{settings.tolerance} steps.",
         "",
         "| " + " | ".join(headers) + " |",
         "|" + "|".join("---" for _ in headers) + "|",
     ]
     for row in rows:
         degradation, gate = gate_cell(row, settings.gate)
-        floor = "BELOW" if row.below_floor else "ok"
+        floor = ["BELOW" if row.below_floor else "ok"] if has_floor else []
         terminal = f"{row.terminal.value:.4f} (@{row.terminal.step})"
-        cells = [row.arm, *(format_point(row.points[s]) for s in settings.val_steps), terminal, degradation, gate, floor]
+        cells = [row.arm, *(format_point(row.points[s]) for s in settings.val_steps), terminal, degradation, gate, *floor]
         lines.append("| " + " | ".join([*cells, spiral_cell(row)]) + " |")
     lines += ["", *(summary_line(row, settings) for row in rows), ""]
     lines += [
@@ -240,7 +244,7 @@ def render_verdict(rows: Sequence[ArmVerdict], settings: VerdictSettings, spiral
         "",
         f"- `0.7362 (@48)`: no validation at exactly k; the nearest one (step 48) was used. `—`: none within "
         f"±{settings.tolerance} steps. Δ = baseline val@{k} − arm val@{k} (positive = worse than the baseline).",
-        "- terminal val: the run's last validation (step in parentheses); BELOW = under the floor.",
+        "- terminal val: the run's last validation (step in parentheses)" + ("; BELOW = under the floor." if has_floor else "."),
         f"- spiral ignition: {spiral_parameters}",
         "- validation metric per arm: " + ", ".join(f"{row.arm} `{row.val_metric}`" for row in rows),
         "",

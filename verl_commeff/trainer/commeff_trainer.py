@@ -235,6 +235,10 @@ class CommEffTrainer(ReproducibleBatchesMixin, PPOTrainerSync):
                 "temperature": self.config.actor_rollout_ref.rollout.temperature,
                 "calculate_entropy": actor.calculate_entropy or actor.entropy_coeff != 0.0,
             })
+            codec = self.commeff_cfg.codec
+            if self._commeff_step == 1 and codec.enable and codec.q_source == "anchor" and codec.init == "activations":
+                # the actor's first Q came from its first old-log-prob batch: the anchor sketches against it too
+                self.anchor_wg.anchor_adopt_basis(self.actor_rollout_wg.commeff_newest_basis()[0])
             self.anchor_driver.before_update(self._commeff_step, self._step_minibatches(batch))
         out = super()._update_actor(batch, metrics)
         for key in [k for k in metrics if k.startswith("actor/commeff/")]:

@@ -93,6 +93,8 @@ class AnchorResult:
             Q at the start of the fire), or None without a codec; the actor compares it with
             its newest Q (``commeff/anchor/q_gap``: 0 when anchor and actor agree on Q).
         ema_updates: fires folded into the anchor's M̄ so far (``commeff/anchor/ema_updates``).
+        dose_evidence: the anchor's dose probe for this fire (host floats: λ*, cos(C, D), ...,
+            :mod:`~verl_commeff.anchor.dose_probe`), or None when ``anchor.probe`` is off.
     """
 
     fire_tick: int
@@ -105,6 +107,7 @@ class AnchorResult:
     fingerprints: Optional[torch.Tensor] = None
     q_fingerprint: Optional[torch.Tensor] = None
     ema_updates: int = 0
+    dose_evidence: Optional[dict] = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "AnchorResult":
         """This result with its tensors on ``device`` (a checkpoint holds host copies); the
@@ -496,7 +499,7 @@ class CommEffActorState:
             result = sketch_of = None
         if result is not None:
             self.merger.hold(result.m_bar, produced_tick=result.fire_tick, source_tick=result.source_tick,
-                             fingerprints=result.fingerprints)
+                             fingerprints=result.fingerprints, evidence=result.dose_evidence)
             self._fires_used += 1
             self._age_sum += tick - result.source_tick
             self._age_n += 1

@@ -14,6 +14,8 @@ only wraps four methods:
   skip and ``optimizer.step`` (``super().optimizer_step()``);
 - ``infer_batch`` (the actor's only inference: the old-log-prob pass): a staged Q goes live
   first if a step ended since, then the forward runs as the codec's ``old_log_prob`` pass;
+  the very first one (``commeff.codec.init=activations``) runs once more before, as the
+  ``bootstrap`` pass that sets the first Q from the activations;
 - ``disable_adapter`` (LoRA's reference pass through the actor): the codec's ``ref`` pass.
 
 Until :meth:`CommEffEngineMixin.commeff_setup` is called, or with ``commeff.enable=false``,
@@ -134,6 +136,11 @@ class CommEffEngineMixin:
         if not self._commeff_active():
             return super().infer_batch(data, loss_function)
         self._commeff_boundary()
+        codec = self.commeff.codec
+        if codec is not None and codec.needs_bootstrap:  # once: the first Q from this batch's activations
+            with self.commeff.pass_scope("bootstrap"):
+                super().infer_batch(data, loss_function)
+            codec.finish_bootstrap()
         with self.commeff.pass_scope("old_log_prob"):
             return super().infer_batch(data, loss_function)
 
