@@ -308,7 +308,8 @@ class _FreeRun:
 
     def __init__(self, late):
         cfg = CommEffConfig(codec=CodecConfig(enable=False, q_source="fast"),
-                            anchor=AnchorConfig(delay_k=2, cadence=2, sync="free"))
+                            anchor=AnchorConfig(delay_k=2, cadence=2, sync="free"),
+                            merger=MergerConfig(adaptive=AdaptiveLambdaConfig(mode="off")))  # evidence needs strict
         self.model = tiny_qwen2(num_layers=2)
         self.state = CommEffActorState(cfg, 2, self.model, hidden_size=64, num_layers=2)
         self.late, self.fires, self.held = late, {}, []

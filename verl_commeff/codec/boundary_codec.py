@@ -459,7 +459,7 @@ class BoundaryCodec:
         # Step 3: live now.
         self._live, self._bootstrapped = bases, True
         self._cast_cache.clear()
-        self.telemetry.record_q_update(conditioning(self._live))
+        self.telemetry.record_q_update(self._live)
         return bases
 
     def stage_basis(self, bases: torch.Tensor) -> None:
